@@ -115,3 +115,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if {"db_url", "engine", "settings", "template_db", "pg_server_url"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.db)
+
+
+@pytest.fixture
+def http_server() -> Iterator[object]:
+    from tests.httpserver import LocalServer
+
+    with LocalServer() as s:
+        yield s

@@ -1,0 +1,75 @@
+import shutil
+
+import pytest
+import sqlalchemy as sa
+
+from newsmon import db
+from newsmon.config import CONFIG_DIR
+from newsmon.errors import MigrationError
+from newsmon.topics import load_taxonomy, sync_topics
+
+
+def test_upgrade_is_idempotent(engine):
+    assert db.upgrade(engine) == []
+    assert db.applied_migrations(engine)[0] == "0001_core_schema"
+
+
+def test_edited_migration_is_refused(engine, tmp_path):
+    migs = tmp_path / "m"
+    shutil.copytree(db.MIGRATIONS_DIR, migs)
+    first = sorted(migs.glob("*.sql"))[0]
+    first.write_text(first.read_text() + "\n-- edited\n")
+    with pytest.raises(MigrationError, match="edited after it was applied"):
+        db.upgrade(engine, migs)
+
+
+def test_failed_migration_rolls_back(engine, tmp_path):
+    migs = tmp_path / "m"
+    shutil.copytree(db.MIGRATIONS_DIR, migs)
+    (migs / "9999_broken.sql").write_text("CREATE TABLE news.half_done (x int); SELECT no_such_function();")
+    with pytest.raises(MigrationError, match="9999_broken.sql failed"):
+        db.upgrade(engine, migs)
+    with engine.connect() as c:
+        assert c.execute(sa.text("SELECT to_regclass('news.half_done')")).scalar() is None
+
+
+def test_normalize_url_accepts_airflow_style():
+    assert db.normalize_url("postgres://u:p@h:5432/d") == "postgresql+psycopg2://u:p@h:5432/d"
+    assert db.libpq_url("postgresql+psycopg2://u:p@h/d") == "postgresql://u:p@h/d"
+
+
+def test_partitions_and_pruning(engine):
+    tax = load_taxonomy(CONFIG_DIR / "topics.yml")
+    with engine.begin() as c:
+        created = sync_topics(c, tax)
+    assert set(created) == {"articles_syria", "articles_idlib", "articles_russia", "articles_turkey"}
+    with engine.begin() as c:
+        assert sync_topics(c, tax) == []  # idempotent
+        plan = "\n".join(r[0] for r in c.execute(sa.text("EXPLAIN SELECT * FROM news.articles WHERE topic = 'idlib'")))
+    assert "articles_idlib" in plan
+    for other in ("articles_syria", "articles_russia", "articles_turkey", "articles_unclassified"):
+        assert other not in plan
+
+
+def test_new_topic_moves_rows_out_of_default(engine, tmp_path):
+    tax = load_taxonomy(CONFIG_DIR / "topics.yml")
+    with engine.begin() as c:
+        sync_topics(c, tax)
+        c.execute(sa.text("INSERT INTO news.article_registry (url_key, content_hash) VALUES ('k', 'h')"))
+        c.execute(
+            sa.text(
+                "INSERT INTO news.articles (article_id, topic, url, canonical_url, url_key, source_domain, content_hash) "
+                "SELECT article_id, 'lebanon', 'http://x/k', 'http://x/k', 'k', 'x', 'h' FROM news.article_registry"
+            )
+        )
+    extra = tmp_path / "topics.yml"
+    extra.write_text((CONFIG_DIR / "topics.yml").read_text() + "  - slug: lebanon\n    label: Lebanon\n    terms: {en: [Lebanon]}\n")
+    with engine.begin() as c:
+        assert sync_topics(c, load_taxonomy(extra)) == ["articles_lebanon"]
+        assert c.execute(sa.text("SELECT count(*) FROM news.articles_lebanon")).scalar() == 1
+        assert c.execute(sa.text("SELECT count(*) FROM news.articles_unclassified")).scalar() == 0
+    # removing the topic from the file keeps its partition and rows
+    with engine.begin() as c:
+        sync_topics(c, tax)
+        assert c.execute(sa.text("SELECT count(*) FROM news.articles WHERE topic = 'lebanon'")).scalar() == 1
+        assert c.execute(sa.text("SELECT active FROM news.topics WHERE slug = 'lebanon'")).scalar() is False
