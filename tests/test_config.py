@@ -1,7 +1,6 @@
 from pathlib import Path
 
 import pytest
-
 from newsmon.config import load_settings, mask_url
 from newsmon.errors import ConfigError
 

@@ -2,7 +2,6 @@ import shutil
 
 import pytest
 import sqlalchemy as sa
-
 from newsmon import db
 from newsmon.config import CONFIG_DIR
 from newsmon.errors import MigrationError

@@ -1,7 +1,6 @@
 from datetime import UTC, datetime, timedelta
 
 import pytest
-
 from newsmon.config import PollSettings
 from newsmon.feeds import parse_feed, schedule_after
 from newsmon.models import Feed, PollOutcome

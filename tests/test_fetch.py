@@ -2,10 +2,16 @@ import asyncio
 import gzip
 
 import pytest
-
 from newsmon.config import FetchSettings
 from newsmon.errors import FetchError
-from newsmon.fetch import HttpClient, check_url_allowed, get_with_retries, is_public_address, parse_retry_after
+from newsmon.fetch import (
+    HttpClient,
+    check_url_allowed,
+    get_with_retries,
+    is_public_address,
+    parse_retry_after,
+)
+
 from tests.httpserver import Route
 
 

@@ -1,7 +1,6 @@
 from pathlib import Path
 
 import pytest
-
 from newsmon.config import CONFIG_DIR
 from newsmon.errors import ConfigError
 from newsmon.topics import load_taxonomy, partition_name
