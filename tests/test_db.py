@@ -26,7 +26,7 @@ def test_failed_migration_rolls_back(engine, tmp_path):
     migs = tmp_path / "m"
     shutil.copytree(db.MIGRATIONS_DIR, migs)
     (migs / "9999_broken.sql").write_text("CREATE TABLE news.half_done (x int); SELECT no_such_function();")
-    with pytest.raises(MigrationError, match="9999_broken.sql failed"):
+    with pytest.raises(MigrationError, match=r"9999_broken\.sql failed"):
         db.upgrade(engine, migs)
     with engine.connect() as c:
         assert c.execute(sa.text("SELECT to_regclass('news.half_done')")).scalar() is None
