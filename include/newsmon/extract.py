@@ -52,6 +52,15 @@ BOILERPLATE_PATTERNS = [
 ]
 _BOILERPLATE = re.compile("|".join(f"(?:{p})" for p in BOILERPLATE_PATTERNS), re.I)
 
+# Class tokens that start boilerplate blocks ("share" matches "share-buttons" but not
+# "has-share"; containers like "has-sidebar" must survive: the article lives inside them).
+_BOILERPLATE_CLASS_PREFIXES = (
+    "comment-respond", "comments-area", "comment-form", "share", "sharedaddy", "social", "related",
+    "newsletter", "cookie", "breadcrumb", "ticker", "breaking", "sidebar", "widget", "most-read",
+    "post-navigation", "nav-links", "jp-relatedposts", "yarpp", "subscribe", "advert", "ad-slot",
+)  # fmt: skip
+# ...unless the block holds the article itself (themes call wrappers "container sidebar-left").
+_KEEPS_ARTICLE = "[not(.//article) and not(.//h1) and not(.//*[contains(@class, 'entry-content')])]"
 PRUNE_XPATH = [
     "//div[@id='respond']",
     "//*[@id='comments']",
@@ -59,17 +68,7 @@ PRUNE_XPATH = [
     "//nav",
     "//footer",
     "//aside",
-    "//*[contains(@class,'comment-respond')]",
-    "//*[contains(@class,'comments-area')]",
-    "//*[contains(@class,'share')]",
-    "//*[contains(@class,'social')]",
-    "//*[contains(@class,'related')]",
-    "//*[contains(@class,'newsletter')]",
-    "//*[contains(@class,'cookie')]",
-    "//*[contains(@class,'breadcrumb')]",
-    "//*[contains(@class,'ticker')]",
-    "//*[contains(@class,'sidebar')]",
-    "//*[contains(@class,'most-read')]",
+    *(f"//*[contains(concat(' ', normalize-space(@class)), ' {p}')]{_KEEPS_ARTICLE}" for p in _BOILERPLATE_CLASS_PREFIXES),
 ]
 
 
@@ -322,7 +321,7 @@ def extract_page(html: str, url: str, *, feed_date: datetime | None = None, now:
 def _langid() -> Any:
     from py3langid.langid import MODEL_FILE, LanguageIdentifier
 
-    return LanguageIdentifier.from_pickled_model(MODEL_FILE, norm_probs=True)
+    return LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
 
 
 def detect_language(text: str, *, hint: str | None = None) -> str | None:

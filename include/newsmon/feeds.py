@@ -319,7 +319,13 @@ def schedule_after(outcome: PollOutcome, feed: Feed, settings: PollSettings, *, 
 
 
 def claim_due_feeds(
-    conn: Connection, *, limit: int, only_due: bool = True, names: Iterable[str] | None = None, lease_s: int = 600
+    conn: Connection,
+    *,
+    limit: int,
+    only_due: bool = True,
+    names: Iterable[str] | None = None,
+    lease_s: int = 600,
+    feed_ids: Iterable[int] | None = None,
 ) -> list[Feed]:
     """Take up to ``limit`` enabled feeds that are due, skipping rows another worker holds.
 
@@ -335,6 +341,7 @@ def claim_due_feeds(
                 WHERE enabled
                   AND (NOT :only_due OR next_poll_at <= now())
                   AND (cardinality(CAST(:names AS text[])) = 0 OR name = ANY(CAST(:names AS text[])))
+                  AND (cardinality(CAST(:feed_ids AS bigint[])) = 0 OR feed_id = ANY(CAST(:feed_ids AS bigint[])))
                 ORDER BY next_poll_at
                 LIMIT :limit
                 FOR UPDATE SKIP LOCKED
@@ -345,7 +352,7 @@ def claim_due_feeds(
                       f.poll_interval_s, f.consecutive_failures
             """
         ),
-        {"only_due": only_due, "names": names, "limit": limit, "lease": lease_s},
+        {"only_due": only_due, "names": names, "limit": limit, "lease": lease_s, "feed_ids": list(feed_ids or [])},
     ).mappings()
     return [Feed(**dict(r)) for r in rows]
 
@@ -364,25 +371,28 @@ def store_entries(conn: Connection, feed_id: int, entries: Sequence[ParsedEntry]
             "entry_key": e.entry_key,
             "link": e.link,
             "title": e.title,
-            "published_at": e.published_at or now,
+            "published_at": (e.published_at or now).isoformat(),
             "published_source": e.published_source,
             "summary": e.summary,
             "content": e.content,
             "authors": list(e.authors),
             "tags": list(e.tags),
             "entry_hash": e.entry_hash,
-            "now": now,
         }
         for e in unique.values()
     ]
+    # One statement for the whole feed (jsonb_to_recordset), so RETURNING tells new from seen.
     result = conn.execute(
         sa.text(
             """
             INSERT INTO news.feed_entries AS fe
                 (feed_id, entry_key, link, title, published_at, published_source, summary, content,
                  authors, tags, entry_hash, first_seen_at, last_seen_at)
-            VALUES (:feed_id, :entry_key, :link, :title, :published_at, :published_source, :summary, :content,
-                    :authors, :tags, :entry_hash, :now, :now)
+            SELECT x.feed_id, x.entry_key, x.link, x.title, x.published_at, x.published_source, x.summary,
+                   x.content, x.authors, x.tags, x.entry_hash, :now, :now
+            FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS x(
+                feed_id bigint, entry_key text, link text, title text, published_at timestamptz,
+                published_source text, summary text, content text, authors text[], tags text[], entry_hash text)
             ON CONFLICT (feed_id, entry_key) DO UPDATE SET
                 last_seen_at = EXCLUDED.last_seen_at,
                 link = EXCLUDED.link, title = EXCLUDED.title, summary = EXCLUDED.summary,
@@ -390,13 +400,15 @@ def store_entries(conn: Connection, feed_id: int, entries: Sequence[ParsedEntry]
                 entry_hash = EXCLUDED.entry_hash,
                 status = CASE WHEN fe.entry_hash <> EXCLUDED.entry_hash AND fe.status <> 'processing'
                               THEN 'new' ELSE fe.status END,
-                attempts = CASE WHEN fe.entry_hash <> EXCLUDED.entry_hash THEN 0 ELSE fe.attempts END
+                attempts = CASE WHEN fe.entry_hash <> EXCLUDED.entry_hash THEN 0 ELSE fe.attempts END,
+                claimed_until = CASE WHEN fe.entry_hash <> EXCLUDED.entry_hash AND fe.status <> 'processing'
+                                     THEN NULL ELSE fe.claimed_until END
             RETURNING (xmax = 0) AS inserted
             """
         ),
-        rows,
+        {"rows": json.dumps(rows, ensure_ascii=False), "now": now},
     )
-    return sum(1 for r in result if r.inserted) if result.returns_rows else 0
+    return sum(1 for r in result if r.inserted)
 
 
 def record_poll(conn: Connection, feed: Feed, outcome: PollOutcome, settings: PollSettings) -> None:

@@ -64,15 +64,20 @@ def poll_pass(
     only_due: bool = True,
     names: Sequence[str] | None = None,
     max_feeds: int | None = None,
+    feed_ids: Sequence[int] | None = None,
     progress: Progress = _noop,
 ) -> PassSummary:
-    """Poll feeds in shards of ``poll.shard_size`` until none are left to claim."""
+    """Poll feeds in shards of ``poll.shard_size`` until none are left to claim.
+
+    ``feed_ids`` restricts the pass to those feeds (an Airflow shard planned beforehand).
+    """
     summary = PassSummary()
     taken: set[int] = set()
     while max_feeds is None or len(taken) < max_feeds:
         limit = settings.poll.shard_size if max_feeds is None else min(settings.poll.shard_size, max_feeds - len(taken))
         with engine.begin() as conn:
-            shard = [f for f in claim_due_feeds(conn, limit=limit, only_due=only_due, names=names) if f.feed_id not in taken]
+            claimed = claim_due_feeds(conn, limit=limit, only_due=only_due, names=names, feed_ids=feed_ids)
+            shard = [f for f in claimed if f.feed_id not in taken]
         if not shard:
             break
         taken.update(f.feed_id for f in shard)
@@ -100,7 +105,7 @@ def claim_entries(conn: Connection, *, limit: int, lease_s: int, max_attempts: i
             """
             WITH c AS (
                 SELECT entry_id FROM news.feed_entries
-                WHERE (status = 'new' OR (status = 'processing' AND claimed_until < now()))
+                WHERE status IN ('new', 'processing') AND (claimed_until IS NULL OR claimed_until < now())
                   AND attempts < :max_attempts
                   AND (cardinality(CAST(:feeds AS bigint[])) = 0 OR feed_id = ANY(CAST(:feeds AS bigint[])))
                 ORDER BY first_seen_at, entry_id
@@ -280,7 +285,9 @@ def _mark_failed(engine: Engine, e: QueuedEntry, error: str, max_attempts: int) 
                 """
                 UPDATE news.feed_entries
                 SET status = CASE WHEN attempts >= :max THEN 'failed' ELSE 'new' END,
-                    last_error = :err, claimed_until = NULL
+                    last_error = :err,
+                    -- retry later, with exponential backoff, not again in this pass
+                    claimed_until = now() + make_interval(secs => 60 * power(2, LEAST(attempts, 10)))
                 WHERE entry_id = :id
                 """
             ),

@@ -78,6 +78,7 @@ def _context() -> Any:
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
     ctx = gx.get_context(mode="ephemeral")
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)
     ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
     ds = ctx.data_sources.add_pandas("newsmon_batches")
     asset = ds.add_dataframe_asset("articles")
