@@ -84,6 +84,7 @@ class QualitySettings(_Section):
     mojibake_max_ratio: float = Field(default=0.01, ge=0, le=1)
     max_rejected_ratio: float = Field(default=0.2, ge=0, le=1)
     earliest_published: str = "2000-01-01T00:00:00+00:00"
+    alerts_file: Path = Field(default=CONFIG_DIR / "alerts.yml", description="notifiers and alert thresholds")
 
 
 class Settings(BaseSettings):
