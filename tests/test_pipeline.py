@@ -15,14 +15,14 @@ BOILERPLATE = ["اترك رد", "لن يتم نشر عنوان بريدك الإ
                "الحقول الإلزامية", "إرسال التعليق"]  # fmt: skip
 
 
-def _sub(s, base):
-    return s.replace("{{BASE_URL}}", base) if isinstance(s, str) else s
+def _sub(s, server):
+    return server.render(s.encode("utf-8")).decode("utf-8") if isinstance(s, str) else s
 
 
 @pytest.fixture
 def loaded(settings, engine, sample_server):
     summary = run_once(engine, settings)
-    return summary, sample_server.base_url
+    return summary, sample_server
 
 
 def _articles(engine):

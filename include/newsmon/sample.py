@@ -4,11 +4,16 @@ Used by ``make demo``, ``make airflow`` and the tests. It substitutes the litera
 ``{{BASE_URL}}`` in served files with its own address (byte-wise, so windows-1256
 files stay intact), answers conditional GETs with 304, and serves feeds and pages
 with realistic content types (some without a charset, as many real servers do).
+
+Each site under ``sites/`` gets its own loopback address (127.0.0.2, 127.0.0.3, ...;
+all of 127.0.0.0/8 is loopback on Linux), so sources have distinct hosts as on the web:
+``{{BASE_URL}}/sites/<site>/...`` becomes ``http://127.0.0.N:PORT/sites/<site>/...``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 import socket
 import threading
 from email.utils import formatdate
@@ -20,6 +25,7 @@ from newsmon.config import PROJECT_ROOT
 
 SAMPLE_DIR = PROJECT_ROOT / "include" / "sample"
 PLACEHOLDER = b"{{BASE_URL}}"
+_SITE_LINK = re.compile(rb"\{\{BASE_URL\}\}/sites/([A-Za-z0-9_-]+)")
 PREFERRED_PORT = 8765
 _LAST_MODIFIED = formatdate(1764300000, usegmt=True)
 
@@ -43,7 +49,10 @@ class SampleServer:
 
     def __init__(self, root: Path = SAMPLE_DIR, *, port: int | None = None) -> None:
         self.root = Path(root).resolve()
-        self.port = port if port is not None else _pick_port()
+        sites = sorted(p.name for p in (self.root / "sites").iterdir() if p.is_dir()) if (self.root / "sites").is_dir() else []
+        self.site_hosts = {name: f"127.0.0.{i + 2}" for i, name in enumerate(sites)}
+        hosts = ["127.0.0.1", *self.site_hosts.values()]
+        self.port = port if port else _pick_port(hosts, prefer=port is None)  # port=0: any free port
         self.requests: list[str] = []
         server = self
 
@@ -60,7 +69,7 @@ class SampleServer:
                 if not str(target).startswith(str(server.root)) or not target.is_file():
                     self._send(404, b"<html><body><h1>404 Not Found</h1></body></html>", "text/html; charset=utf-8")
                     return
-                body = target.read_bytes().replace(PLACEHOLDER, server.base_url.encode("ascii"))
+                body = server.render(target.read_bytes())
                 etag = '"' + hashlib.sha1(body).hexdigest()[:16] + '"'
                 if self.headers.get("If-None-Match") == etag:
                     self._send(304, b"", None, etag=etag)
@@ -79,22 +88,41 @@ class SampleServer:
                 if body:
                     self.wfile.write(body)
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self._httpd.daemon_threads = True
-        self.port = self._httpd.server_address[1]
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="newsmon-sample", daemon=True)
+        self._servers = []
+        for host in ["127.0.0.1", *self.site_hosts.values()]:
+            httpd = ThreadingHTTPServer((host, self.port), Handler)
+            httpd.daemon_threads = True
+            self.port = httpd.server_address[1]
+            self._servers.append(httpd)
+        self._threads = [
+            threading.Thread(target=h.serve_forever, name=f"newsmon-sample-{i}", daemon=True) for i, h in enumerate(self._servers)
+        ]
+
+    def site_url(self, site: str) -> str:
+        return f"http://{self.site_hosts[site]}:{self.port}"
+
+    def render(self, body: bytes) -> bytes:
+        """Substitute the placeholders: site links to the site's host, the rest to the main host."""
+
+        def site(m: re.Match[bytes]) -> bytes:
+            host = self.site_hosts.get(m[1].decode("ascii"), "127.0.0.1")
+            return f"http://{host}:{self.port}/sites/".encode("ascii") + m[1]
+
+        return _SITE_LINK.sub(site, body).replace(PLACEHOLDER, self.base_url.encode("ascii"))
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> SampleServer:
-        self._thread.start()
+        for t in self._threads:
+            t.start()
         return self
 
     def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
+        for h in self._servers:
+            h.shutdown()
+            h.server_close()
 
     def __enter__(self) -> SampleServer:
         return self.start()
@@ -103,14 +131,25 @@ class SampleServer:
         self.stop()
 
 
-def _pick_port() -> int:
-    """The preferred port when free (stable feed URLs across demo runs), else any free port."""
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", PREFERRED_PORT))
-            return PREFERRED_PORT
-        except OSError:
-            pass
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def _free_on_all(port: int, hosts: list[str]) -> bool:
+    for host in hosts:
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                return False
+    return True
+
+
+def _pick_port(hosts: list[str], *, prefer: bool = True) -> int:
+    """The preferred port when free on every address (stable feed URLs across demo runs),
+    else a port that is free on all of them."""
+    if prefer and _free_on_all(PREFERRED_PORT, hosts):
+        return PREFERRED_PORT
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if _free_on_all(port, hosts):
+            return port
+    raise OSError("no port free on all sample-server addresses")
