@@ -22,7 +22,11 @@ def on_failure(context: Any) -> None:
     """on_failure_callback of every newsmon task: structured log line + alert notifiers."""
     from newsmon.orchestration import on_task_failure
 
-    on_task_failure(context)
+    try:
+        url = warehouse()
+    except Exception:  # the warehouse itself may be what failed: still log the failure
+        url = None
+    on_task_failure(context, url=url)
 
 
 DEFAULT_ARGS: dict[str, Any] = {

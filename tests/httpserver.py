@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -18,6 +18,9 @@ class Route:
     delay_s: float = 0.0
     drip_s: float = 0.0  # seconds between bytes (slow-drip server)
     handler: Callable[[Any], Route] | None = None  # computes the route from the request
+    etag: str | None = None  # sent as ETag; a matching If-None-Match gets 304
+    last_modified: str | None = None  # sent as Last-Modified; an equal If-Modified-Since gets 304
+    stream: Callable[[], Iterator[bytes]] | None = None  # body written chunk by chunk, no Content-Length
 
 
 class LocalServer:
@@ -41,9 +44,26 @@ class LocalServer:
                     route = route.handler(self)
                 if route.delay_s:
                     time.sleep(route.delay_s)
+                validators = {}
+                if route.etag:
+                    validators["ETag"] = route.etag
+                if route.last_modified:
+                    validators["Last-Modified"] = route.last_modified
+                inm, ims = self.headers.get("If-None-Match"), self.headers.get("If-Modified-Since")
+                if (route.etag and inm == route.etag) or (route.last_modified and not inm and ims == route.last_modified):
+                    route = Route(304, b"", validators)
                 try:
                     self.send_response(route.status)
-                    hdrs = {"Content-Length": str(len(route.body)), **route.headers}
+                    if route.stream is not None:
+                        self.send_header("Connection", "close")
+                        for k, v in {**route.headers, **validators}.items():
+                            self.send_header(k, v)
+                        self.end_headers()
+                        self.close_connection = True
+                        for chunk in route.stream():
+                            self.wfile.write(chunk)
+                        return
+                    hdrs = {"Content-Length": str(len(route.body)), **route.headers, **validators}
                     for k, v in hdrs.items():
                         self.send_header(k, v)
                     self.end_headers()

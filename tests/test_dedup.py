@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 import yaml
-
 from newsmon.dedup import dedup_in_batch, is_copy, signature
 from newsmon.load import load_batch
 from newsmon.models import Article

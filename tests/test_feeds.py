@@ -1,8 +1,18 @@
+import json
+import random
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from newsmon.config import PollSettings
-from newsmon.feeds import parse_feed, schedule_after
+from newsmon.errors import ConfigError
+from newsmon.feeds import (
+    feed_spec_from_url,
+    load_feed_specs,
+    parse_feed,
+    parse_opml,
+    schedule_after,
+    slug_for_url,
+)
 from newsmon.models import Feed, PollOutcome
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
@@ -108,3 +118,188 @@ def test_schedule_honours_retry_after_and_adapts():
     assert schedule_after(none_new, _feed(poll_interval_s=900), s)[0] == 1125
     tiny = PollOutcome(feed_id=1, started_at=NOW, status="ok", entries_seen=10, entries_new=10)
     assert schedule_after(tiny, _feed(poll_interval_s=150), s)[0] == s.min_interval_s
+
+
+# ---------------------------------------------------------------- hostile XML (issue 3)
+
+_LOL = "".join(
+    f'<!ENTITY lol{i} "{f"&lol{i - 1};" * 10}">\n' for i in range(1, 10)
+)
+BILLION_LAUGHS = (
+    '<?xml version="1.0"?>\n<!DOCTYPE rss [\n<!ENTITY lol0 "lol">\n' + _LOL + "]>\n"
+    '<rss version="2.0"><channel><title>&lol9;</title>'
+    "<item><guid>bl-1</guid><title>a &lol9; b</title><description>&lol9;</description></item></channel></rss>"
+).encode()
+
+
+def _fields(f):
+    return [v or "" for e in f.entries for v in (e.title, e.summary, e.content, e.link, e.entry_key)] + [f.title or ""]
+
+
+@pytest.mark.timeout(20)
+def test_billion_laughs_is_not_expanded():
+    f = parse_feed(BILLION_LAUGHS, {}, now=NOW)
+    assert f.entries and f.entries[0].entry_key == "bl-1"
+    assert max(len(v) for v in _fields(f)) < 100  # 10^9 "lol"s if expanded
+    assert "lollol" not in "".join(_fields(f))
+    assert f.bozo_reason and "entity" in f.bozo_reason
+
+
+@pytest.mark.parametrize(
+    "doctype",
+    [
+        '<!DOCTYPE rss [<!ENTITY xxe SYSTEM "file:///etc/passwd">]>',
+        '<!DOCTYPE rss [\n<!ENTITY xxe SYSTEM "file:///etc/passwd">\n]>',
+        "<!DOCTYPE rss [\n<!ENTITY xxe PUBLIC 'x' 'file:///etc/passwd'>\n]>",
+        '<!DOCTYPE rss [\n<!ENTITY % p SYSTEM "file:///etc/passwd">\n%p;\n]>',
+        '<!DOCTYPE rss SYSTEM "file:///etc/passwd">',
+    ],
+)
+def test_external_entities_never_read_local_files(doctype):
+    body = (
+        f'<?xml version="1.0"?>\n{doctype}\n<rss version="2.0"><channel><title>t &xxe;</title>'
+        "<item><guid>x1</guid><title>a &xxe; b</title><description>&xxe;</description></item></channel></rss>"
+    ).encode()
+    f = parse_feed(body, {}, now=NOW)
+    text = "\n".join(_fields(f))
+    assert "root:" not in text and "/bin/" not in text
+    assert [e.entry_key for e in f.entries] == ["x1"]
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-16"])
+def test_quadratic_blowup_entity_is_removed(encoding):
+    # one 50 kB entity used 20,000 times: 1 GB if expanded (feedparser's loose parser does)
+    doc = (
+        f'<?xml version="1.0" encoding="{encoding}"?>\n<!DOCTYPE rss [\n<!ENTITY a "{"A" * 50_000}">\n]>\n'
+        '<rss version="2.0"><channel><title>t</title><item><guid>q1</guid><title>قصف</title>'
+        f"<description>{'&a;' * 20_000}</description></item></channel></rss>"
+    )
+    f = parse_feed(doc.encode(encoding), {}, now=NOW)
+    assert f.entries[0].title == "قصف"
+    assert len(f.entries[0].summary or "") <= 60_000
+    assert "AAAA" not in (f.entries[0].summary or "")
+
+
+def test_tiny_literal_entities_still_work():
+    doc = b'<?xml version="1.0"?>\n<!DOCTYPE rss [\n<!ENTITY nbsp "&#160;">\n]>\n<rss version="2.0"><channel><title>t</title><item><guid>n1</guid><title>a&nbsp;b</title></item></channel></rss>'
+    assert parse_feed(doc, {}, now=NOW).entries[0].title == "a\xa0b"
+
+
+@pytest.mark.timeout(20)
+def test_whitespace_prolog_is_linear():
+    # feedparser's DOCTYPE regexes are quadratic on long whitespace runs before the root
+    body = b'<?xml version="1.0"?>\n' + b"\n" * 2_000_000 + b'<rss version="2.0"><channel><item><guid>w</guid><title>t</title></item></channel></rss>'
+    assert [e.entry_key for e in parse_feed(body, {}, now=NOW).entries] == ["w"]
+    junk = b'<?xml version="1.0"?>\n<!DOCTYPE rss [<!ENTITY a "b">' + b"\n x" * 100_000 + b']><rss version="2.0"/>'
+    with pytest.raises(ValueError, match=r"parse_error: .* before the root element"):
+        parse_feed(junk, {}, now=NOW)
+    twice = b'<?xml version="1.0"?>\n<!DOCTYPE rss>\n<!DOCTYPE rss>\n<rss version="2.0"/>'
+    with pytest.raises(ValueError, match="parse_error: more than one DOCTYPE"):
+        parse_feed(twice, {}, now=NOW)
+
+
+@pytest.mark.timeout(60)
+def test_huge_feed_is_truncated_and_noted():
+    items = "".join(f"<item><guid>g{i}</guid><title>t{i}</title></item>" for i in range(20_000))
+    body = f'<rss version="2.0"><channel><title>big</title>{items}</channel></rss>'.encode()
+    f = parse_feed(body, {}, now=NOW, max_entries=1000)
+    assert len(f.entries) == 1000 and f.entries[0].entry_key == "g0"
+    assert "truncated" in (f.bozo_reason or "") and "20000" in f.bozo_reason
+    j = json.dumps({"version": "https://jsonfeed.org/version/1.1", "items": [{"id": str(i)} for i in range(50)]})
+    fj = parse_feed(j.encode(), {}, now=NOW, max_entries=10)
+    assert len(fj.entries) == 10 and "truncated" in fj.bozo_reason
+
+
+def test_overlong_keys_are_hashed_and_nul_is_dropped():
+    guid = "خبر" * 1000  # 6 kB: beyond the btree limit of the unique index
+    rss = f"<rss version='2.0'><channel><item><guid>{guid}</guid><title>a\u0000b</title></item></channel></rss>"
+    body = rss.replace("\u0000", "&#0;").encode()
+    [e] = parse_feed(body, {}, now=NOW).entries
+    assert e.entry_key.startswith("sha256:") and len(e.entry_key) == 71
+    jf = b'{"version": "https://jsonfeed.org/version/1.1", "items": [{"id": "n", "title": "x\\u0000y"}]}'
+    assert parse_feed(jf, {}, now=NOW).entries[0].title == "xy"
+
+
+def test_schedule_hard_404_backs_off_faster_and_jitter_respects_floors():
+    s = PollSettings(jitter_fraction=0)
+    e404 = PollOutcome(feed_id=1, started_at=NOW, status="error", error_type="http_4xx", http_status=404)
+    e503 = PollOutcome(feed_id=1, started_at=NOW, status="error", error_type="http_5xx", http_status=503)
+    f = _feed(poll_interval_s=900, consecutive_failures=2)
+    assert (schedule_after(e404, f, s)[1] - NOW).total_seconds() == 900 * 16
+    assert (schedule_after(e503, f, s)[1] - NOW).total_seconds() == 900 * 4
+    j = PollSettings(jitter_fraction=0.5)
+    ra = PollOutcome(feed_id=1, started_at=NOW, status="error", error_type="http_429", retry_after_s=7200)
+    ttl = PollOutcome(feed_id=1, started_at=NOW, status="ok", entries_seen=1, entries_new=1, ttl_s=3600)
+    for seed in range(50):
+        rng = random.Random(seed)
+        assert (schedule_after(ra, _feed(poll_interval_s=900), j, rng=rng)[1] - NOW).total_seconds() >= 7200
+        assert (schedule_after(ttl, _feed(poll_interval_s=900), j, rng=rng)[1] - NOW).total_seconds() >= 3600
+    nexts = {schedule_after(ttl, _feed(poll_interval_s=7200), j, rng=random.Random(i))[1] for i in range(10)}
+    assert len(nexts) > 1  # jitter: feeds do not synchronise
+
+
+def test_sy_update_period():
+    rss = b"""<rss version="2.0" xmlns:sy="http://purl.org/rss/1.0/modules/syndication/"><channel><title>t</title>
+    <sy:updatePeriod>hourly</sy:updatePeriod><sy:updateFrequency>2</sy:updateFrequency>
+    <item><guid>1</guid><title>x</title></item></channel></rss>"""
+    assert parse_feed(rss, {}, now=NOW).ttl_s == 1800
+
+
+# ---------------------------------------------------------------- registry helpers (pure)
+
+
+def test_slug_and_spec_from_url():
+    assert slug_for_url("https://www.bbc.co.uk/arabic/index.xml") == "bbc-co-uk-arabic-index-xml"
+    assert slug_for_url("https://feeds.example.org/") == "feeds-example-org"
+    spec = feed_spec_from_url("https://x.org/rss", lang="ar", interval_s=600)
+    assert (spec.name, spec.lang, spec.interval_s) == ("x-org-rss", "ar", 600)
+    for bad in ("ftp://x.org/f", "not a url", "http:///nohost"):
+        with pytest.raises(ConfigError):
+            feed_spec_from_url(bad)
+    with pytest.raises(ConfigError):
+        feed_spec_from_url("https://x.org/rss", name="bad name!")
+
+
+OPML = b"""<?xml version="1.0" encoding="utf-8"?>
+<opml version="2.0"><head><title>subs</title></head><body>
+  <outline text="Arabic">
+    <outline text="BBC" type="rss" xmlUrl="https://feeds.bbci.co.uk/arabic/rss.xml" language="ar"/>
+    <outline text="dup" type="rss" xmlUrl="https://feeds.bbci.co.uk/arabic/rss.xml"/>
+  </outline>
+  <outline text="UN" type="rss" xmlUrl="https://news.un.org/feed/subscribe/en/news/all/rss.xml"/>
+  <outline text="folder without feed"/>
+  <outline text="bad" xmlUrl="javascript:alert(1)"/>
+</body></opml>"""
+
+
+def test_parse_opml():
+    specs = parse_opml(OPML)
+    assert [(s.url, s.lang) for s in specs] == [
+        ("https://feeds.bbci.co.uk/arabic/rss.xml", "ar"),
+        ("https://news.un.org/feed/subscribe/en/news/all/rss.xml", None),
+    ]
+    assert specs[0].name == "feeds-bbci-co-uk-arabic-rss-xml"
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b'<?xml version="1.0"?><!DOCTYPE opml [<!ENTITY x SYSTEM "file:///etc/passwd">]><opml><body><outline xmlUrl="http://a/&x;"/></body></opml>',
+        BILLION_LAUGHS.replace(b"rss", b"opml"),
+        b"<opml><body><outline",
+        b"<rss/>",
+    ],
+)
+def test_parse_opml_refuses_hostile_or_broken(data):
+    with pytest.raises(ConfigError):
+        parse_opml(data, "subs.opml")
+
+
+def test_example_feeds_file_is_valid():
+    from newsmon.config import CONFIG_DIR
+
+    specs = load_feed_specs(CONFIG_DIR / "feeds.example.yml")
+    assert len(specs) >= 8
+    assert {s.lang for s in specs} == {"ar", "en"}
+    assert all(s.url.startswith("https://") for s in specs)

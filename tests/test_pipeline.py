@@ -6,7 +6,6 @@ from datetime import datetime
 import pytest
 import sqlalchemy as sa
 import yaml
-
 from newsmon.config import PROJECT_ROOT
 from newsmon.pipeline import run_once
 

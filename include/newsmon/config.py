@@ -61,6 +61,7 @@ class PollSettings(_Section):
     max_backoff_s: int = Field(default=24 * 3600, ge=1)
     jitter_fraction: float = Field(default=0.1, ge=0, le=0.5)
     shard_size: int = Field(default=250, ge=1)
+    max_entries_per_feed: int = Field(default=1000, ge=1, description="entries kept from one poll (a 100,000-item feed is cut)")
 
     @model_validator(mode="after")
     def _bounds(self) -> PollSettings:

@@ -13,10 +13,13 @@ import logging
 import os
 import re
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psycopg2
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Engine, make_url
 
@@ -154,6 +157,41 @@ def engine_from_settings(settings: Settings) -> Engine:
     return make_engine(database_url(settings), statement_timeout_ms=settings.database.statement_timeout_ms)
 
 
+# -- reliability (issue 8): a warehouse failure is one clear, typed error
+_SQLSTATE_HINTS = {
+    "25006": "the warehouse is read-only",
+    "53100": "the warehouse disk is full",
+    "53200": "the warehouse is out of memory",
+    "42501": "permission denied (check the role's grants)",
+    "57P01": "the warehouse was shut down",
+    "57P02": "the warehouse crashed",
+    "57P03": "the warehouse is starting up",
+}
+
+
+@contextmanager
+def warehouse_errors(what: str) -> Iterator[None]:
+    """Turn a driver error into a ``DatabaseError`` naming the stage and the cause.
+
+    The message carries the SQLSTATE and the server's first line only: no SQL, no
+    parameters (article text), no password. Queued work stays queued, so a retry of the
+    task (Airflow) or the next pass picks it up once the warehouse is back.
+    """
+    try:
+        yield
+    except sa.exc.DBAPIError as exc:
+        from newsmon.config import mask_url
+
+        orig = exc.orig
+        code = getattr(orig, "pgcode", None)
+        lines = str(orig).strip().splitlines()
+        first = mask_url(lines[0] if lines else type(orig).__name__)
+        hint = _SQLSTATE_HINTS.get(code or "") or (
+            "the warehouse is unreachable or restarted" if isinstance(exc, sa.exc.OperationalError) else "the warehouse refused it"
+        )
+        raise DatabaseError(f"{what} failed: {hint} [{code or type(orig).__name__}]: {first}") from exc
+
+
 # ---------------------------------------------------------------- migrations
 
 
@@ -219,15 +257,20 @@ def upgrade(engine: Engine, directory: Path = MIGRATIONS_DIR) -> list[str]:
                     continue
                 log.info("applying migration %s_%s", mig.version, mig.name)
                 try:
-                    conn.exec_driver_sql(mig.sql)
+                    # straight to the DBAPI cursor without parameters: a '%' in SQL is not a placeholder
+                    cur = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+                    try:
+                        cur.execute(mig.sql)
+                    finally:
+                        cur.close()
                     conn.execute(
                         sa.text("INSERT INTO news.schema_migrations (version, name, checksum) VALUES (:v, :n, :c)"),
                         {"v": mig.version, "n": mig.name, "c": mig.checksum},
                     )
                     conn.commit()
-                except sa.exc.DBAPIError as exc:
+                except (sa.exc.DBAPIError, psycopg2.Error) as exc:
                     conn.rollback()
-                    raise MigrationError(f"{mig.path.name} failed: {exc.orig}") from exc
+                    raise MigrationError(f"{mig.path.name} failed: {getattr(exc, 'orig', exc)}") from exc
                 applied_now.append(f"{mig.version}_{mig.name}")
         finally:
             conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": _MIGRATION_LOCK})

@@ -90,8 +90,8 @@ def split_known(conn: Connection, articles: Sequence[Article]) -> tuple[list[Art
 #               signature over the first LEAD_SHINGLES shingles (the lead survives
 #               truncation) is banded the same way
 #   candidates  any article sharing at least one band hash (either signature); the band
-#               hashes live in news.lsh_bands, indexed, so lookup cost does not grow
-#               with the store
+#               hashes live in news.lsh_signatures (GIN-indexed array), so lookup cost
+#               does not grow with the store
 #   verify      containment |A ∩ B| / min(|A|, |B|) >= CONTAINMENT_MIN on exact shingle
 #               sets, and both texts have at least MIN_SHINGLES shingles
 #
@@ -119,19 +119,20 @@ def shingles(norm_text: str) -> list[str]:
     return [" ".join(words[i : i + SHINGLE_WORDS]) for i in range(len(words) - SHINGLE_WORDS + 1)]
 
 
-def _band_hashes(values: Sequence[int], kind: int) -> list[tuple[int, int, int]]:
+def _band_hashes(values: Sequence[int], kind: int) -> list[int]:
+    """One 64-bit hash per band; kind and band number are hashed in, so equal values in
+    different bands never collide and one flat array can hold every band."""
     out = []
     for b in range(BANDS):
-        chunk = b"".join(int(v).to_bytes(4, "little") for v in values[b * BAND_ROWS : (b + 1) * BAND_ROWS])
-        h = int.from_bytes(hashlib.blake2b(chunk, digest_size=8).digest(), "big", signed=True)
-        out.append((kind, b, h))
+        chunk = bytes((kind, b)) + b"".join(int(v).to_bytes(4, "little") for v in values[b * BAND_ROWS : (b + 1) * BAND_ROWS])
+        out.append(int.from_bytes(hashlib.blake2b(chunk, digest_size=8).digest(), "big", signed=True))
     return out
 
 
 @dataclass(frozen=True)
 class Signature:
     shingles: frozenset[str]
-    bands: tuple[tuple[int, int, int], ...]  # (kind, band, hash)
+    bands: tuple[int, ...]  # band hashes of the whole-body and the lead signatures
 
     @property
     def indexable(self) -> bool:
@@ -164,66 +165,49 @@ def is_copy(a: Signature, b: Signature) -> tuple[bool, float]:
     return ok, c
 
 
-def find_near_duplicate(
-    conn: Connection, sig: Signature, *, local: dict[int, Signature] | None = None, limit: int = 20
-) -> tuple[int, int, float] | None:
-    """Best stored article this text is a copy of: (article_id, cluster_id, containment).
-
-    ``local`` holds signatures of articles stored earlier in the same (uncommitted) batch,
-    whose rows are not written yet but whose band hashes are.
-    """
-    if not sig.bands:
-        return None
-    local = local or {}
-    kinds, bands, hashes = zip(*sig.bands, strict=True)
-    cands = conn.execute(
-        sa.text(
-            """
-            SELECT l.article_id, count(*) AS hits
-            FROM news.lsh_bands l
-            JOIN unnest(CAST(:kinds AS smallint[]), CAST(:bands AS smallint[]), CAST(:hashes AS bigint[]))
-                 AS q(kind, band, hash) ON (l.kind, l.band, l.hash) = (q.kind, q.band, q.hash)
-            GROUP BY l.article_id ORDER BY hits DESC, l.article_id LIMIT :limit
-            """
-        ),
-        {"kinds": list(kinds), "bands": list(bands), "hashes": list(hashes), "limit": limit},
-    ).all()
-    if not cands:
-        return None
-    best: tuple[int, int, float] | None = None
-    for c in cands:
-        if c.article_id in local:
-            ok, sim = is_copy(sig, local[c.article_id])
-            if ok and (best is None or sim > best[2]):
-                best = (c.article_id, c.article_id, sim)
+def find_near_duplicates(conn: Connection, sigs: Sequence[Signature]) -> dict[int, tuple[int, int, float]]:
+    """For each signature (by index), the best stored article it is a copy of:
+    (article_id, cluster_id, containment). Two statements for the whole batch."""
+    idx = [i for i, sig in enumerate(sigs) if sig.bands]
+    if not idx:
+        return {}
+    # one GIN probe per document (its own band array), all documents in one statement
     rows = conn.execute(
         sa.text(
             """
-            SELECT DISTINCT ON (article_id) article_id, cluster_id, body FROM news.articles
-            WHERE article_id = ANY(:ids) ORDER BY article_id
+            SELECT d.i AS idx, s.article_id
+            FROM unnest(CAST(:q AS text[])) WITH ORDINALITY AS d(bands, i)
+            JOIN LATERAL (SELECT article_id FROM news.lsh_signatures
+                          WHERE bands && CAST(d.bands AS bigint[])) s ON true
             """
         ),
-        {"ids": [c.article_id for c in cands if c.article_id not in local]},
+        {"q": ["{" + ",".join(map(str, sigs[i].bands)) + "}" for i in idx]},
     ).all()
+    cand: dict[int, set[int]] = {}
     for r in rows:
-        ok, c = is_copy(sig, signature(normalize_text(r.body)))
-        if ok and (best is None or c > best[2] or (c == best[2] and r.article_id < best[0])):
-            best = (r.article_id, r.cluster_id or r.article_id, c)
+        cand.setdefault(idx[r.idx - 1], set()).add(r.article_id)
+    if not cand:
+        return {}
+    bodies = {
+        r.article_id: (r.cluster_id or r.article_id, signature(normalize_text(r.body)))
+        for r in conn.execute(
+            sa.text(
+                """
+                SELECT DISTINCT ON (article_id) article_id, cluster_id, body FROM news.articles
+                WHERE article_id = ANY(:ids) ORDER BY article_id
+                """
+            ),
+            {"ids": sorted(set().union(*cand.values()))},
+        )
+    }
+    best: dict[int, tuple[int, int, float]] = {}
+    for i, ids in cand.items():
+        for aid in sorted(ids):
+            if aid not in bodies:
+                continue
+            cluster, other = bodies[aid]
+            ok, sim = is_copy(sigs[i], other)
+            prev = best.get(i)
+            if ok and (prev is None or sim > prev[2]):
+                best[i] = (aid, cluster, sim)
     return best
-
-
-def index_signature(conn: Connection, article_id: int, sig: Signature) -> None:
-    if not sig.bands:
-        return
-    kinds, bands, hashes = zip(*sig.bands, strict=True)
-    conn.execute(
-        sa.text(
-            """
-            INSERT INTO news.lsh_bands (kind, band, hash, article_id)
-            SELECT k, b, h, :aid FROM unnest(CAST(:kinds AS smallint[]), CAST(:bands AS smallint[]),
-                                             CAST(:hashes AS bigint[])) AS q(k, b, h)
-            ON CONFLICT DO NOTHING
-            """
-        ),
-        {"aid": article_id, "kinds": list(kinds), "bands": list(bands), "hashes": list(hashes)},
-    )

@@ -289,11 +289,15 @@ async def get_with_retries(
     last: FetchError | None = None
     for attempt in range(retries + 1):
         started = datetime.now(UTC)
+        t0 = time.monotonic()
         try:
             resp = await client.get(url, **kw)  # type: ignore[arg-type]
         except FetchError as exc:
             last = exc
-            history.append({"at": started.isoformat(), "error": exc.kind, "detail": exc.detail[:300], "status": exc.status})
+            history.append(
+                {"at": started.isoformat(), "error": exc.kind, "detail": exc.detail[:300], "status": exc.status,
+                 "ms": int((time.monotonic() - t0) * 1000)}
+            )  # fmt: skip
             if not exc.transient or attempt == retries:
                 break
             delay = exc.retry_after_s if exc.retry_after_s is not None else base_delay_s * (2**attempt)

@@ -18,10 +18,13 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from newsmon.dedup import Duplicate
+from newsmon.dedup import Duplicate, Signature, find_near_duplicates, is_copy, signature
 from newsmon.models import Article, Rejected
+from newsmon.normalize import normalize_text
 
 log = logging.getLogger(__name__)
+
+CLUSTER_LOCK = 72_850_003  # advisory lock key serialising cluster decisions
 
 
 @dataclass
@@ -32,42 +35,9 @@ class LoadResult:
     per_topic: dict[str, int] = field(default_factory=dict)
 
 
-_INSERT_REGISTRY = sa.text(
-    """
-    INSERT INTO news.article_registry (url_key, content_hash, first_seen_at)
-    VALUES (:url_key, :content_hash, now())
-    ON CONFLICT DO NOTHING
-    RETURNING article_id
-    """
-)
 _FIND_REGISTRY = sa.text(
     "SELECT article_id, cluster_id FROM news.article_registry WHERE url_key = :url_key OR content_hash = :content_hash "
     "ORDER BY article_id LIMIT 1"
-)
-_INSERT_ARTICLE = sa.text(
-    """
-    INSERT INTO news.articles (article_id, topic, url, canonical_url, url_key, source_domain, feed_id, entry_id,
-        title, summary, body, body_source, lang, authors, published_at, date_source, fetched_at,
-        content_hash, cluster_id, matched_terms, topic_score)
-    VALUES (:article_id, :topic, :url, :canonical_url, :url_key, :source_domain, :feed_id, :entry_id,
-        :title, :summary, :body, :body_source, :lang, :authors, :published_at, :date_source, :fetched_at,
-        :content_hash, :cluster_id, :matched_terms, :topic_score)
-    ON CONFLICT (topic, article_id) DO NOTHING
-    """
-)
-_INSERT_SIGHTING = sa.text(
-    """
-    INSERT INTO news.article_sightings (article_id, cluster_id, entry_id, feed_id, url, source_domain, match_kind, similarity)
-    VALUES (:article_id, :cluster_id, :entry_id, :feed_id, :url, :source_domain, :match_kind, :similarity)
-    ON CONFLICT (article_id, url) DO NOTHING
-    """
-)
-_MARK_ENTRY = sa.text(
-    """
-    UPDATE news.feed_entries SET status = :status, article_id = :article_id, processed_at = now(),
-        claimed_until = NULL, last_error = :error
-    WHERE entry_id = :entry_id
-    """
 )
 _INSERT_REJECTED = sa.text(
     """
@@ -82,6 +52,7 @@ _INSERT_REJECTED = sa.text(
 def article_record(a: Article) -> dict[str, Any]:
     """The full record of an article as JSON-able data (for quarantine)."""
     d = asdict(a)
+    d.pop("signature", None)
     for k, v in list(d.items()):
         if isinstance(v, datetime):
             d[k] = v.isoformat()
@@ -111,20 +82,53 @@ def _row(a: Article, article_id: int, cluster_id: int, topic: str, score: float 
         "cluster_id": cluster_id,
         "matched_terms": list(terms),
         "topic_score": score,
+        # page metadata (issue 4, migration 0003)
+        "sitename": a.sitename,
+        "image_url": a.image,
+        "categories": list(a.categories),
+        "tags": list(a.tags),
+        "encoding": a.encoding,
     }
 
 
-def _sighting(a: Article, article_id: int, cluster_id: int | None, kind: str, similarity: float | None = None) -> dict[str, Any]:
-    return {
-        "article_id": article_id,
-        "cluster_id": cluster_id,
-        "entry_id": a.entry_id,
-        "feed_id": a.feed_id,
-        "url": a.url,
-        "source_domain": a.source_domain,
-        "match_kind": kind,
-        "similarity": similarity,
-    }
+def _execute_values(conn: Connection, sql: str, rows: Sequence[tuple[Any, ...]], template: str | None = None) -> None:
+    """Multi-row statement through psycopg2's execute_values, in the caller's transaction."""
+    if not rows:
+        return
+    from psycopg2.extras import execute_values
+
+    cur = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    try:
+        execute_values(cur, sql, rows, template=template, page_size=1000)
+    finally:
+        cur.close()
+
+
+_ARTICLE_COLUMNS = (
+    "article_id", "topic", "url", "canonical_url", "url_key", "source_domain", "feed_id", "entry_id", "title",
+    "summary", "body", "body_source", "lang", "authors", "published_at", "date_source", "fetched_at",
+    "content_hash", "cluster_id", "matched_terms", "topic_score", "sitename", "image_url", "categories", "tags",
+    "encoding",
+)  # fmt: skip
+_SIGHTING_COLUMNS = ("article_id", "cluster_id", "entry_id", "feed_id", "url", "source_domain", "match_kind", "similarity")
+
+
+def _existing_keys(conn: Connection, articles: Sequence[Article]) -> dict[str, tuple[int, int, str]]:
+    """Stored articles sharing a url_key or content_hash with the batch: key -> (id, cluster, kind)."""
+    if not articles:
+        return {}
+    rows = conn.execute(
+        sa.text(
+            "SELECT article_id, cluster_id, url_key, content_hash FROM news.article_registry "
+            "WHERE url_key = ANY(:u) OR content_hash = ANY(:h)"
+        ),
+        {"u": [a.url_key for a in articles], "h": [a.content_hash for a in articles]},
+    ).all()
+    out: dict[str, tuple[int, int, str]] = {}
+    for r in rows:
+        out["u:" + r.url_key] = (r.article_id, r.cluster_id or r.article_id, "url")
+        out["h:" + r.content_hash] = (r.article_id, r.cluster_id or r.article_id, "content_hash")
+    return out
 
 
 def load_batch(
@@ -135,34 +139,109 @@ def load_batch(
     *,
     dq_run_id: int | None = None,
 ) -> LoadResult:
-    """Write a batch. The caller owns the transaction (``engine.begin()``)."""
-    result = LoadResult()
-    article_rows: list[dict[str, Any]] = []
-    sightings: list[dict[str, Any]] = []
-    marks: list[dict[str, Any]] = []
-    ids_by_index: dict[int, tuple[int, int]] = {}
+    """Write a batch with a fixed number of statements. The caller owns the transaction.
 
+    Order of decisions for each passed article: an exact key already stored (url_key,
+    content_hash) -> sighting; a near duplicate of a stored article or of an earlier
+    article of this batch -> sighting; else a new canonical article.
+    """
+    result = LoadResult()
+    # One loader at a time decides clusters: two workers loading overlapping batches must
+    # never create two clusters for one story. The lock is per transaction (released at commit).
+    conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": CLUSTER_LOCK})
+    sigs = [a.signature if isinstance(a.signature, Signature) else signature(a.norm_body or normalize_text(a.body)) for a in passed]
+    stored = _existing_keys(conn, passed)
+    near = find_near_duplicates(conn, sigs)
+    sightings: list[tuple[Any, ...]] = []
+    marks: list[tuple[Any, ...]] = []
+    ids_by_index: dict[int, tuple[int, int]] = {}
+    fresh: list[int] = []  # indexes of new canonical articles
+    local: dict[int, Signature] = {}  # batch index -> signature of accepted new articles
+    local_bands: dict[int, list[int]] = {}
+
+    def sighting(a: Article, aid: int, cid: int, kind: str, sim: float | None) -> None:
+        sightings.append((aid, cid, a.entry_id, a.feed_id, a.url, a.source_domain, kind, sim))
+        marks.append((a.entry_id, "duplicate", aid, None))
+        result.duplicates += 1
+
+    pending_local: dict[int, tuple[int, float]] = {}  # copies of new articles of this batch
     for i, a in enumerate(passed):
-        new_id = conn.execute(_INSERT_REGISTRY, {"url_key": a.url_key, "content_hash": a.content_hash}).scalar()
-        if new_id is None:  # another worker stored it first: this copy is a sighting
-            found = conn.execute(_FIND_REGISTRY, {"url_key": a.url_key, "content_hash": a.content_hash}).one()
-            cid = found.cluster_id or found.article_id
-            ids_by_index[i] = (found.article_id, cid)
-            sightings.append(_sighting(a, found.article_id, cid, "url"))
-            marks.append({"entry_id": a.entry_id, "status": "duplicate", "article_id": found.article_id, "error": None})
-            result.duplicates += 1
+        hit = stored.get("u:" + a.url_key) or stored.get("h:" + a.content_hash)
+        if hit is not None:
+            ids_by_index[i] = (hit[0], hit[1])
+            sighting(a, hit[0], hit[1], hit[2], None)
             continue
-        conn.execute(sa.text("UPDATE news.article_registry SET cluster_id = :id WHERE article_id = :id"), {"id": new_id})
-        ids_by_index[i] = (new_id, new_id)
-        for t in a.topics or []:
-            article_rows.append(_row(a, new_id, new_id, t.slug, t.score, t.terms))
-        if not a.topics:
-            article_rows.append(_row(a, new_id, new_id, "unclassified", None, []))
-        sightings.append(_sighting(a, new_id, new_id, "first", 1.0))
-        marks.append({"entry_id": a.entry_id, "status": "loaded", "article_id": new_id, "error": None})
-        result.loaded.append((new_id, a))
-        for slug in a.topic_slugs:
-            result.per_topic[slug] = result.per_topic.get(slug, 0) + 1
+        if i in near:
+            aid, cid, sim = near[i]
+            ids_by_index[i] = (aid, cid)
+            sighting(a, aid, cid, "near", round(sim, 4))
+            continue
+        best: tuple[int, float] | None = None
+        for j in {j for band in sigs[i].bands for j in local_bands.get(band, ())}:
+            ok, sim = is_copy(sigs[i], local[j])
+            if ok and (best is None or sim > best[1]):
+                best = (j, sim)
+        if best is not None:
+            pending_local[i] = best
+            continue
+        fresh.append(i)
+        local[i] = sigs[i]
+        for band in sigs[i].bands:
+            local_bands.setdefault(band, []).append(i)
+
+    if fresh:
+        rows = conn.execute(
+            sa.text(
+                """
+                INSERT INTO news.article_registry (url_key, content_hash)
+                SELECT u, h FROM unnest(CAST(:u AS text[]), CAST(:h AS text[])) AS t(u, h)
+                ON CONFLICT DO NOTHING
+                RETURNING article_id, url_key
+                """
+            ),
+            {"u": [passed[i].url_key for i in fresh], "h": [passed[i].content_hash for i in fresh]},
+        ).all()
+        id_by_key = {r.url_key: r.article_id for r in rows}
+        conn.execute(
+            sa.text("UPDATE news.article_registry SET cluster_id = article_id WHERE article_id = ANY(:ids)"),
+            {"ids": list(id_by_key.values())},
+        )
+        band_rows: list[tuple[int, list[int]]] = []
+        article_rows: list[tuple[Any, ...]] = []
+        for i in fresh:
+            a = passed[i]
+            new_id = id_by_key.get(a.url_key)
+            if new_id is None:  # duplicate keys inside the batch that dedup_in_batch did not see
+                found = conn.execute(_FIND_REGISTRY, {"url_key": a.url_key, "content_hash": a.content_hash}).one()
+                ids_by_index[i] = (found.article_id, found.cluster_id or found.article_id)
+                sighting(a, found.article_id, found.cluster_id or found.article_id, "url", None)
+                continue
+            ids_by_index[i] = (new_id, new_id)
+            if sigs[i].bands:
+                band_rows.append((new_id, list(sigs[i].bands)))
+            for t in a.topics or []:
+                article_rows.append(tuple(_row(a, new_id, new_id, t.slug, t.score, t.terms)[c] for c in _ARTICLE_COLUMNS))
+            if not a.topics:
+                article_rows.append(tuple(_row(a, new_id, new_id, "unclassified", None, [])[c] for c in _ARTICLE_COLUMNS))
+            sightings.append((new_id, new_id, a.entry_id, a.feed_id, a.url, a.source_domain, "first", 1.0))
+            marks.append((a.entry_id, "loaded", new_id, None))
+            result.loaded.append((new_id, a))
+            for slug in a.topic_slugs:
+                result.per_topic[slug] = result.per_topic.get(slug, 0) + 1
+        _execute_values(
+            conn,
+            "INSERT INTO news.lsh_signatures (article_id, bands) VALUES %s ON CONFLICT DO NOTHING",
+            band_rows,
+        )
+        _execute_values(
+            conn,
+            f"INSERT INTO news.articles ({', '.join(_ARTICLE_COLUMNS)}) VALUES %s ON CONFLICT (topic, article_id) DO NOTHING",
+            article_rows,
+        )
+    for i, (j, sim) in pending_local.items():
+        aid, cid = ids_by_index[j]
+        ids_by_index[i] = (aid, cid)
+        sighting(passed[i], aid, cid, "near", round(sim, 4))
 
     for d in duplicates:
         if d.article_id is not None:
@@ -171,9 +250,7 @@ def load_batch(
             aid, cid = ids_by_index[d.primary]
         else:
             continue  # primary was quarantined: the caller quarantines the copy too
-        sightings.append(_sighting(d.article, aid, cid, d.kind))
-        marks.append({"entry_id": d.article.entry_id, "status": "duplicate", "article_id": aid, "error": None})
-        result.duplicates += 1
+        sighting(d.article, aid, cid, d.kind, None)
 
     for r in rejected:
         conn.execute(
@@ -188,13 +265,23 @@ def load_batch(
                 "dq_run_id": dq_run_id,
             },
         )
-        marks.append({"entry_id": r.article.entry_id, "status": "quarantined", "article_id": None, "error": r.reason[:500]})
+        marks.append((r.article.entry_id, "quarantined", None, r.reason[:500]))
         result.quarantined += 1
 
-    if article_rows:
-        conn.execute(_INSERT_ARTICLE, article_rows)
-    if sightings:
-        conn.execute(_INSERT_SIGHTING, sightings)
-    if marks:
-        conn.execute(_MARK_ENTRY, marks)
+    _execute_values(
+        conn,
+        f"INSERT INTO news.article_sightings ({', '.join(_SIGHTING_COLUMNS)}) VALUES %s ON CONFLICT (article_id, url) DO NOTHING",
+        sightings,
+    )
+    _execute_values(
+        conn,
+        """
+        UPDATE news.feed_entries e SET status = v.status, article_id = v.article_id, processed_at = now(),
+            claimed_until = NULL, last_error = v.error
+        FROM (VALUES %s) AS v(entry_id, status, article_id, error)
+        WHERE e.entry_id = v.entry_id
+        """,
+        [m for m in marks if m[0] is not None],
+        template="(%s::bigint, %s::text, %s::bigint, %s::text)",
+    )
     return result

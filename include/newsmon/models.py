@@ -16,6 +16,7 @@ class FeedSpec:
     lang: str | None = None
     interval_s: int | None = None
     enabled: bool = True
+    respect_robots: bool = True  # honour robots.txt for this feed's article pages
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,7 @@ class QueuedEntry:
     tags: tuple[str, ...]
     feed_lang: str | None
     first_seen_at: datetime
+    respect_robots: bool = True  # news.feeds.respect_robots (and fetch.respect_robots_txt)
 
 
 @dataclass(frozen=True)
@@ -144,6 +146,14 @@ class Article:
     norm_body: str = ""
     fetch_error: str | None = None
     topics: list[TopicMatch] = field(default_factory=list)
+    # near-duplicate signature (newsmon.dedup.Signature), computed by the dedup stage; not stored
+    signature: object | None = field(default=None, repr=False, compare=False)
+    # page metadata (issue 4); empty when the body came from the feed only
+    sitename: str | None = None
+    image: str | None = None
+    categories: list[str] = field(default_factory=list)
+    tags: list[str] = field(default_factory=list)
+    encoding: str | None = None
 
     @property
     def topic_slugs(self) -> list[str]:

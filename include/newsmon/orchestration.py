@@ -283,58 +283,17 @@ def _alerts() -> Any | None:
         return None
 
 
-def run_checks(url: str, *, window_hours: int = 1) -> dict[str, Any]:
-    """Hourly data-quality checks. Delegates to ``newsmon.alerts.run_checks`` when that
-    exists; otherwise the basic feed-health and volume checks below, logged as warnings."""
-    alerts = _alerts()
+def run_checks(url: str, *, window_hours: int | None = None) -> dict[str, Any]:
+    """Hourly data-quality checks (feed health, volume anomalies, validation over the
+    window): ``newsmon.alerts.run_checks`` raises, sends and resolves the alerts."""
+    from newsmon.alerts import load_alerts_config
+    from newsmon.alerts import run_checks as alert_checks
+
     with _warehouse(url) as (engine, settings):
-        if alerts is not None and hasattr(alerts, "run_checks"):
-            result = alerts.run_checks(engine, settings, window=timedelta(hours=window_hours))
-            return json.loads(json.dumps(result if isinstance(result, dict) else asdict(result), default=str))
-        with engine.connect() as conn:
-            return basic_checks(conn, window_hours=window_hours)
-
-
-def basic_checks(conn: sa.Connection, *, window_hours: int = 1, failing_after: int = 3) -> dict[str, Any]:
-    """Feed health (consecutive failures, silence) and article volume vs the previous week."""
-    failing = [
-        dict(r)
-        for r in conn.execute(
-            sa.text(
-                """
-                SELECT name, consecutive_failures, last_status FROM news.feeds
-                WHERE enabled AND consecutive_failures >= :n ORDER BY consecutive_failures DESC, name
-                """
-            ),
-            {"n": failing_after},
-        ).mappings()
-    ]
-    volume = conn.execute(
-        sa.text(
-            """
-            SELECT count(*) FILTER (WHERE loaded_at > now() - make_interval(hours => :h)) AS current,
-                   count(*) FILTER (WHERE loaded_at <= now() - make_interval(hours => :h)
-                                      AND loaded_at > now() - make_interval(hours => :h) - interval '7 days')
-                       / GREATEST(1, (7 * 24) / :h)::float AS baseline
-            FROM (SELECT DISTINCT article_id, loaded_at FROM news.articles
-                  WHERE loaded_at > now() - make_interval(hours => :h) - interval '7 days') a
-            """
-        ),
-        {"h": window_hours},
-    ).one()
-    findings = [f"feed {f['name']} failed {f['consecutive_failures']} times in a row ({f['last_status']})" for f in failing]
-    if volume.baseline >= 5 and volume.current < 0.2 * volume.baseline:
-        findings.append(f"article volume dropped: {volume.current} in the last {window_hours}h vs {volume.baseline:.1f} usual")
-    for f in findings:
-        log.warning("data quality: %s", f)
-    return {
-        "window_hours": window_hours,
-        "failing_feeds": [f["name"] for f in failing],
-        "articles_in_window": int(volume.current),
-        "baseline_per_window": round(float(volume.baseline), 2),
-        "findings": findings,
-        "ok": not findings,
-    }
+        config = load_alerts_config(settings.quality.alerts_file)
+        window = timedelta(hours=window_hours) if window_hours else None
+        result = alert_checks(engine, settings, window=window, config=config)
+    return json.loads(json.dumps(result, default=str))
 
 
 # ---------------------------------------------------------------- maintenance DAG
@@ -386,36 +345,50 @@ def _prune_raw_pages(conn: sa.Connection, days: int) -> int:
 
 
 def task_failure_alert(
-    dag_id: str, task_id: str, run_id: str, try_number: int | None, exception: BaseException | str | None, **extra: Any
+    dag_id: str,
+    task_id: str,
+    run_id: str,
+    try_number: int | None,
+    exception: BaseException | str | None,
+    *,
+    url: str | None = None,
+    **extra: Any,
 ) -> dict[str, Any]:
-    """Tell people a task failed: through ``newsmon.alerts`` when it provides a notifier,
-    and always as one structured ERROR log line (``newsmon.task_failure {...}``)."""
-    event = {
+    """Tell people a task failed: always one structured ERROR log line
+    (``newsmon.task_failure {...}``), and through ``newsmon.alerts.notify_task_failure``
+    (news.alerts ledger + notifiers) when that module is present. Never raises."""
+    error = f"{type(exception).__name__}: {exception}" if isinstance(exception, BaseException) else exception
+    event: dict[str, Any] = {
         "event": "task_failure",
         "dag_id": dag_id,
         "task_id": task_id,
         "run_id": run_id,
         "try_number": try_number,
-        "error": f"{type(exception).__name__}: {exception}" if isinstance(exception, BaseException) else exception,
+        "exception": db_safe(str(error))[:2000] if error else None,
         "at": datetime.now(UTC).isoformat(),
         **{k: v for k, v in extra.items() if v is not None},
     }
-    event["error"] = db_safe(str(event["error"]))[:2000] if event["error"] else None
     log.error("newsmon.task_failure %s", json.dumps(event, ensure_ascii=False, default=str))
+    event["alert_id"] = None
     alerts = _alerts()
     notify = getattr(alerts, "notify_task_failure", None) if alerts else None
-    event["notified"] = False
-    if notify is not None:
-        try:
-            notify(**{k: event[k] for k in ("dag_id", "task_id", "run_id", "try_number")}, exception=exception)
-            event["notified"] = True
-        except Exception:  # a broken notifier must not hide the original failure
-            log.exception("newsmon.alerts.notify_task_failure failed")
+    if notify is None:
+        return event
+    engine = None
+    try:
+        engine = db.make_engine(url, poolclass=sa.NullPool) if url else None
+        outcome = notify(event, engine=engine)
+        event["alert_id"] = getattr(outcome, "alert_id", None)
+    except Exception:  # a broken notifier must not hide the original failure
+        log.exception("newsmon.alerts.notify_task_failure failed")
+    finally:
+        if engine is not None:
+            engine.dispose()
     return event
 
 
-def on_task_failure(context: Mapping[str, Any]) -> dict[str, Any]:
-    """Airflow ``on_failure_callback``: reads the task context (a mapping) and alerts."""
+def on_task_failure(context: Mapping[str, Any], *, url: str | None = None) -> dict[str, Any]:
+    """Airflow ``on_failure_callback`` body: reads the task context (a mapping) and alerts."""
     ti = context.get("ti") or context.get("task_instance")
     dag_run = context.get("dag_run")
     return task_failure_alert(
@@ -424,7 +397,9 @@ def on_task_failure(context: Mapping[str, Any]) -> dict[str, Any]:
         run_id=getattr(ti, "run_id", None) or getattr(dag_run, "run_id", "?"),
         try_number=getattr(ti, "try_number", None),
         exception=context.get("exception"),
+        url=url,
         map_index=getattr(ti, "map_index", None),
+        log_url=getattr(ti, "log_url", None),
     )
 
 
@@ -438,17 +413,29 @@ def db_safe(text: str) -> str:
 # ---------------------------------------------------------------- make airflow
 
 
-def standalone_env(project_root: Path, *, warehouse: str, sample_base_url: str | None, base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment ``newsmon airflow-standalone`` runs ``airflow standalone`` with."""
+def standalone_env(
+    project_root: Path,
+    *,
+    warehouse: str,
+    sample_base_url: str | None,
+    port: int = 8080,
+    base: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """The environment ``newsmon airflow-standalone`` (``make airflow``) runs Airflow with:
+    state in ``<project>/.airflow``, our dags/ and plugins/, no examples, DAGs unpaused,
+    the UI on localhost only, the warehouse as connection ``newsmon_db``, and fetching
+    from the sample server on 127.0.0.1 allowed."""
     env = dict(os.environ if base is None else base)
-    home = project_root / ".airflow"
     env.update(
         {
-            "AIRFLOW_HOME": str(home),
+            "AIRFLOW_HOME": str(project_root / ".airflow"),
             "AIRFLOW__CORE__DAGS_FOLDER": str(project_root / "dags"),
             "AIRFLOW__CORE__PLUGINS_FOLDER": str(project_root / "plugins"),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+            "AIRFLOW__API__HOST": "127.0.0.1",
+            "AIRFLOW__API__PORT": str(port),
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
             "AIRFLOW_CONN_NEWSMON_DB": db.libpq_url(warehouse),
             "NEWSMON_DATABASE_URL": warehouse,
             "NEWSMON_FETCH__ALLOW_PRIVATE_NETWORKS": "true",

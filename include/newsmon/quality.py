@@ -7,6 +7,11 @@ stored in ``news.dq_runs`` with GX's own result JSON.
 
 GX is imported lazily (it takes seconds) and its ephemeral context is built once per
 process.
+
+A second, small suite (``newsmon_batch``, ``validate_batch_stats``) checks per-feed
+statistics of each batch (volume band, feed-fallback share, quarantined share); its
+runs are stored with ``kind = 'batch'`` and turned into alerts by ``newsmon.health``.
+``build_data_docs`` renders the row suite over recent rows as GX Data Docs.
 """
 
 from __future__ import annotations
@@ -83,6 +88,7 @@ def _context() -> Any:
     ds = ctx.data_sources.add_pandas("newsmon_batches")
     asset = ds.add_dataframe_asset("articles")
     asset.add_batch_definition_whole_dataframe("whole_batch")
+    ds.add_dataframe_asset("batch_stats").add_batch_definition_whole_dataframe("whole_batch")
     return ctx
 
 
@@ -212,18 +218,19 @@ def _jsonable(obj: Any) -> Any:
     return clean(data)
 
 
-def record_dq_run(conn: Connection, outcome: ValidationOutcome) -> int:
+def record_dq_run(conn: Connection, outcome: ValidationOutcome, *, suite: str = SUITE_NAME, kind: str = "rows") -> int:
     return int(
         conn.execute(
             sa.text(
                 """
-                INSERT INTO news.dq_runs (suite, batch_id, success, rows_total, rows_failed, statistics, result)
-                VALUES (:suite, :batch, :success, :total, :failed, CAST(:stats AS jsonb), CAST(:result AS jsonb))
+                INSERT INTO news.dq_runs (suite, batch_id, success, rows_total, rows_failed, statistics, result, kind)
+                VALUES (:suite, :batch, :success, :total, :failed, CAST(:stats AS jsonb), CAST(:result AS jsonb), :kind)
                 RETURNING dq_run_id
                 """
             ),
             {
-                "suite": SUITE_NAME,
+                "kind": kind,
+                "suite": suite,
                 "batch": outcome.batch_id,
                 "success": outcome.success,
                 "total": outcome.statistics.get("rows", 0),
@@ -233,3 +240,99 @@ def record_dq_run(conn: Connection, outcome: ValidationOutcome) -> int:
             },
         ).scalar_one()
     )
+
+
+# ---------------------------------------------------------------- batch suite (issue 6)
+
+BATCH_SUITE_NAME = "newsmon_batch"
+BATCH_COLUMNS = ["row_id", "feed_id", "feed", "rows", "fallback_share", "quarantined_share", "volume_24h", "median_daily", "volume_ratio"]
+
+
+def validate_batch_stats(
+    stats: Sequence[dict[str, Any]], *, band_factor: float, fallback_max: float, quarantined_max: float, batch_id: str
+) -> ValidationOutcome:
+    """Batch expectations on one row per feed of a batch: its 24 h volume within
+    ``median / band_factor .. median x band_factor`` of its own history, the share of
+    bodies that fell back to the feed text, and the share quarantined. ``statistics``
+    names the feeds that failed each rule."""
+    import great_expectations as gx
+    import pandas as pd
+
+    if not stats:
+        return ValidationOutcome([], [], True, {"rows": 0, "evaluated_expectations": 0}, {}, batch_id)
+    E = gx.expectations
+    suite = gx.ExpectationSuite(name=f"{BATCH_SUITE_NAME}_{batch_id}")
+    for name, exp in (
+        ("feed_volume_in_band", E.ExpectColumnValuesToBeBetween(column="volume_ratio", min_value=1 / band_factor, max_value=band_factor)),
+        ("fallback_share", E.ExpectColumnValuesToBeBetween(column="fallback_share", min_value=0, max_value=fallback_max)),
+        ("quarantined_share", E.ExpectColumnValuesToBeBetween(column="quarantined_share", min_value=0, max_value=quarantined_max)),
+    ):
+        exp.meta = {"newsmon_rule": name}
+        suite.add_expectation(exp)
+    frame = pd.DataFrame([{**r, "row_id": i} for i, r in enumerate(stats)], columns=BATCH_COLUMNS)
+    batch = _context().data_sources.get("newsmon_batches").get_asset("batch_stats").get_batch_definition("whole_batch")
+    res = batch.get_batch(batch_parameters={"dataframe": frame}).validate(
+        suite, result_format={"result_format": "COMPLETE", "unexpected_index_column_names": ["row_id"]}
+    )
+    failed: dict[str, list[str]] = {}
+    for r in res.results:
+        if r.success:
+            continue
+        name = (r.expectation_config.meta or {}).get("newsmon_rule", r.expectation_config.type)
+        idxs = [int(i["row_id"]) if isinstance(i, dict) else int(i) for i in (r.result.get("unexpected_index_list") or [])]
+        failed[name] = sorted({str(stats[i]["feed"]) for i in idxs}) or ["(suite error)"]
+    statistics = {
+        "rows": len(stats),
+        "rows_failed": len({f for feeds in failed.values() for f in feeds}),
+        "evaluated_expectations": res.statistics.get("evaluated_expectations"),
+        "unsuccessful_expectations": res.statistics.get("unsuccessful_expectations"),
+        "failed_by_rule": failed,
+        "feeds": list(stats),
+    }
+    return ValidationOutcome([], [], bool(res.success), _jsonable(statistics), _jsonable(res.to_json_dict()), batch_id)
+
+
+# ---------------------------------------------------------------- Data Docs
+
+
+def build_data_docs(articles: Sequence[Article], out_dir: Any, *, settings: QualitySettings, languages: Sequence[str],
+                    topics: Sequence[str], now: datetime | None = None) -> Any:  # fmt: skip
+    """Run the row suite on ``articles`` in a throw-away file-backed GX context and build
+    its Data Docs into ``out_dir``; returns the path of index.html."""
+    import tempfile
+    from pathlib import Path
+
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    out = Path(out_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    now = now or datetime.now(UTC)
+    with tempfile.TemporaryDirectory(prefix="newsmon-gx-") as root:
+        ctx = gx.get_context(mode="file", project_root_dir=root)
+        ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
+        ctx.add_data_docs_site(
+            site_name="newsmon",
+            site_config={
+                "class_name": "SiteBuilder",
+                "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+                "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(out)},
+            },
+        )
+        bd = ctx.data_sources.add_pandas("newsmon").add_dataframe_asset("recent_articles").add_batch_definition_whole_dataframe("all")
+        suite = gx.ExpectationSuite(name=SUITE_NAME)
+        for name, exp in _rules(settings, languages, topics, now):
+            exp.meta = {"newsmon_rule": name}
+            suite.add_expectation(exp)
+        suite = ctx.suites.add(suite)
+        vd = ctx.validation_definitions.add(gx.ValidationDefinition(name="recent_articles", data=bd, suite=suite))
+        cp = ctx.checkpoints.add(
+            gx.Checkpoint(name="newsmon_docs", validation_definitions=[vd],
+                          actions=[gx.checkpoint.UpdateDataDocsAction(name="docs", site_names=["newsmon"])])
+        )  # fmt: skip
+        cp.run(batch_parameters={"dataframe": build_frame(articles, topics)})
+        ctx.build_data_docs(site_names=["newsmon"])
+    index = out / "index.html"
+    if not index.is_file():
+        raise RuntimeError(f"GX did not write {index}")
+    return index

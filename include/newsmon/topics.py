@@ -15,11 +15,12 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 
 from newsmon.config import line_of, load_yaml_file
 from newsmon.errors import ConfigError
@@ -255,3 +256,78 @@ def sync_topics(conn: Connection, taxonomy: Taxonomy) -> list[str]:
         {"s": taxonomy.slugs},
     )
     return created
+
+
+def _copy_columns(conn: Connection) -> list[str]:
+    cols = conn.execute(
+        sa.text(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = 'news' AND table_name = 'articles' "
+            "AND is_generated = 'NEVER' ORDER BY ordinal_position"
+        )
+    ).scalars()
+    return [c for c in cols if c not in ("topic", "matched_terms", "topic_score")]
+
+
+def reclassify(
+    engine: Engine, taxonomy: Taxonomy, *, since: datetime | None = None, only_topic: str | None = None, batch: int = 500
+) -> dict[str, int]:
+    """Re-apply the current rules to stored articles; move rows between partitions.
+
+    Each article is rewritten in its batch's transaction: rows for its new topics are
+    inserted (copied from an existing row), rows for topics it no longer matches are
+    deleted. Unchanged articles are not touched, so a re-run changes nothing.
+    ``only_topic='unclassified'`` limits the work to the DEFAULT partition (what
+    ``topics sync`` does after adding a topic).
+    """
+    stats = {"articles": 0, "changed": 0}
+    last = 0
+    with engine.connect() as conn:
+        cols = _copy_columns(conn)
+    col_list = ", ".join(cols)
+    while True:
+        with engine.begin() as conn:
+            rows = conn.execute(
+                sa.text(
+                    """
+                    SELECT article_id, array_agg(topic ORDER BY topic) AS topics, min(title) AS title, min(body) AS body
+                    FROM news.articles
+                    WHERE article_id > :last
+                      AND (CAST(:since AS timestamptz) IS NULL OR published_at >= :since)
+                      AND (CAST(:only AS text) IS NULL OR article_id IN (
+                           SELECT article_id FROM news.articles WHERE topic = :only AND article_id > :last))
+                    GROUP BY article_id ORDER BY article_id LIMIT :n
+                    """
+                ),
+                {"last": last, "since": since, "only": only_topic, "n": batch},
+            ).all()
+            if not rows:
+                break
+            for r in rows:
+                stats["articles"] += 1
+                matches = taxonomy.classify(r.title, r.body)
+                wanted = {m.slug: m for m in matches}
+                new_topics = sorted(wanted) or ["unclassified"]
+                if new_topics == sorted(r.topics):
+                    continue
+                stats["changed"] += 1
+                for slug in new_topics:
+                    m = wanted.get(slug)
+                    conn.execute(
+                        sa.text(
+                            f"""
+                            INSERT INTO news.articles ({col_list}, topic, matched_terms, topic_score)
+                            SELECT {col_list}, :topic, :terms, :score FROM news.articles
+                            WHERE article_id = :id AND topic = :from_topic
+                            ON CONFLICT (topic, article_id) DO UPDATE
+                                SET matched_terms = EXCLUDED.matched_terms, topic_score = EXCLUDED.topic_score
+                            """
+                        ),
+                        {"topic": slug, "terms": list(m.terms) if m else [], "score": m.score if m else None,
+                         "id": r.article_id, "from_topic": r.topics[0]},
+                    )  # fmt: skip
+                conn.execute(
+                    sa.text("DELETE FROM news.articles WHERE article_id = :id AND NOT (topic = ANY(:keep))"),
+                    {"id": r.article_id, "keep": new_topics},
+                )
+            last = rows[-1].article_id
+    return stats

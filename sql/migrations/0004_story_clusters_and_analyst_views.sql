@@ -1,15 +1,15 @@
 -- Near-duplicate index, full-text search, analyst views and the read-only analyst role.
 
--- MinHash LSH band hashes of every canonical article (see newsmon.dedup). The primary key
--- is the lookup index: (kind, band, hash) -> article ids; lookups stay flat as it grows.
-CREATE TABLE news.lsh_bands (
-    kind        smallint NOT NULL,   -- 0 = whole body, 1 = lead
-    band        smallint NOT NULL,
-    hash        bigint   NOT NULL,
-    article_id  bigint   NOT NULL REFERENCES news.article_registry ON DELETE CASCADE,
-    PRIMARY KEY (kind, band, hash, article_id)
+-- MinHash LSH band hashes of every canonical article (see newsmon.dedup), one row per
+-- article. Each hash already encodes its signature kind and band number, so one GIN
+-- index over the array answers "which articles share any band with these" with index
+-- probes only: lookups stay flat as the store grows. fastupdate is off: a pending list
+-- would be scanned linearly by every lookup.
+CREATE TABLE news.lsh_signatures (
+    article_id  bigint PRIMARY KEY REFERENCES news.article_registry ON DELETE CASCADE,
+    bands       bigint[] NOT NULL
 );
-CREATE INDEX lsh_bands_article_idx ON news.lsh_bands (article_id);
+CREATE INDEX lsh_signatures_bands_idx ON news.lsh_signatures USING gin (bands) WITH (fastupdate = off);
 
 -- Full-text search: PostgreSQL's arabic configuration for Arabic rows, english for the
 -- rest, as partial expression indexes on the partitioned table (each partition, present

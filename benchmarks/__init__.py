@@ -1,0 +1,1 @@
+"""newsmon benchmarks: `make bench` runs them all (python -m benchmarks.run)."""

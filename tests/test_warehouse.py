@@ -1,0 +1,93 @@
+"""The analyst side of the warehouse: views, search, reclassification, the read-only role."""
+
+import pytest
+import sqlalchemy as sa
+from newsmon.config import CONFIG_DIR
+from newsmon.pipeline import run_once
+from newsmon.topics import load_taxonomy, reclassify, sync_topics
+
+
+@pytest.fixture
+def warehouse(settings, engine, sample_server):
+    run_once(engine, settings)
+    return engine
+
+
+def test_story_clusters_count_outlets(warehouse):
+    with warehouse.connect() as c:
+        top = c.execute(sa.text("SELECT sources, copies FROM news.story_clusters ORDER BY sources DESC, copies DESC LIMIT 2")).all()
+        total = c.execute(sa.text("SELECT count(*) FROM news.story_clusters")).scalar()
+        articles = c.execute(sa.text("SELECT count(DISTINCT article_id) FROM news.articles")).scalar()
+    # the corpus syndicates two Arabic wire stories to a second site (different hosts)
+    assert [tuple(r) for r in top] == [(2, 2), (2, 2)]
+    assert total == articles
+
+
+def test_topic_daily_and_latest_views(warehouse):
+    with warehouse.connect() as c:
+        daily = c.execute(sa.text("SELECT sum(articles) FROM news.topic_daily WHERE topic = 'idlib'")).scalar()
+        idlib = c.execute(sa.text("SELECT count(*) FROM news.articles_idlib")).scalar()
+        latest = c.execute(sa.text("SELECT topics FROM news.articles_latest WHERE 'idlib' = ANY(topics)")).scalars().all()
+    assert daily == idlib == len(latest) > 0
+    assert all("syria" in t for t in latest)
+
+
+@pytest.mark.parametrize(("query", "needle"), [("إدلب", "إدلب"), ("ادلب", "إدلب"), ("Idlib aid convoys", "Idlib")])
+def test_full_text_search_arabic_and_english(warehouse, query, needle):
+    with warehouse.connect() as c:
+        rows = c.execute(sa.text("SELECT title, topics, rank FROM news.search(:q)"), {"q": query}).all()
+    assert rows, query
+    assert needle in rows[0].title or any("idlib" in r.topics for r in rows)
+    assert [r.rank for r in rows] == sorted((r.rank for r in rows), reverse=True)
+
+
+def test_search_uses_the_partition_indexes(warehouse):
+    with warehouse.connect() as c:
+        c.exec_driver_sql("SET enable_seqscan = off")
+        plan = "\n".join(r[0] for r in c.exec_driver_sql(
+            "EXPLAIN SELECT article_id FROM news.articles WHERE lang = 'ar' AND "
+            "to_tsvector('arabic'::regconfig, coalesce(title, '') || ' ' || coalesce(body, '')) @@ websearch_to_tsquery('arabic', 'ادلب')"))  # fmt: skip
+    assert "articles_idlib_to_tsvector_idx" in plan or "fts" in plan or "Bitmap Index Scan" in plan
+
+
+def test_new_topic_moves_matching_unclassified_rows_and_reclassify_is_idempotent(warehouse, tmp_path):
+    extra = tmp_path / "topics.yml"
+    extra.write_text(
+        (CONFIG_DIR / "topics.yml").read_text(encoding="utf-8")
+        + "  - slug: egypt\n    label: Egypt\n    terms:\n      ar: [مصر, المصري, القاهرة, الإسكندرية]\n      en: [Egypt, Cairo]\n",
+        encoding="utf-8",
+    )
+    tax = load_taxonomy(extra)
+    with warehouse.begin() as c:
+        before = c.execute(sa.text("SELECT count(*) FROM news.articles_unclassified")).scalar()
+        assert sync_topics(c, tax) == ["articles_egypt"]
+    moved = reclassify(warehouse, tax, only_topic="unclassified")
+    with warehouse.connect() as c:
+        egypt = c.execute(sa.text("SELECT count(*) FROM news.articles_egypt")).scalar()
+        after = c.execute(sa.text("SELECT count(*) FROM news.articles_unclassified")).scalar()
+    assert moved["changed"] == egypt > 0
+    assert after == before - egypt
+    assert reclassify(warehouse, tax)["changed"] == 0  # nothing left to change
+    # going back to the old rules: rows return to the default partition, nothing is lost
+    old = load_taxonomy(CONFIG_DIR / "topics.yml")
+    back = reclassify(warehouse, old)
+    with warehouse.connect() as c:
+        assert c.execute(sa.text("SELECT count(*) FROM news.articles_egypt")).scalar() == 0
+        assert c.execute(sa.text("SELECT count(*) FROM news.articles_unclassified")).scalar() == before
+    assert back["changed"] == egypt
+
+
+def test_analyst_role_reads_but_cannot_write(warehouse):
+    with warehouse.connect() as c:
+        c.exec_driver_sql("SET ROLE newsmon_analyst")
+        assert c.execute(sa.text("SELECT count(*) FROM news.articles")).scalar() > 0
+        assert c.execute(sa.text("SELECT count(*) FROM news.story_clusters")).scalar() > 0
+        assert c.execute(sa.text("SELECT count(*) FROM news.search('Idlib')")).scalar() > 0
+        for stmt in (
+            "DELETE FROM news.articles",
+            "UPDATE news.articles SET title = 'x'",
+            "INSERT INTO news.topics (slug, label) VALUES ('x', 'x')",
+            "CREATE TABLE news.evil (x int)",
+        ):
+            with pytest.raises(sa.exc.ProgrammingError, match="permission denied"), c.begin_nested():
+                c.exec_driver_sql(stmt)
