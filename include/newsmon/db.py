@@ -187,7 +187,9 @@ def warehouse_errors(what: str) -> Iterator[None]:
         lines = str(orig).strip().splitlines()
         first = mask_url(lines[0] if lines else type(orig).__name__)
         hint = _SQLSTATE_HINTS.get(code or "") or (
-            "the warehouse is unreachable or restarted" if isinstance(exc, sa.exc.OperationalError) else "the warehouse refused it"
+            "the warehouse is unreachable or restarted"
+            if isinstance(exc, sa.exc.OperationalError) or exc.connection_invalidated
+            else "the warehouse refused it"
         )
         raise DatabaseError(f"{what} failed: {hint} [{code or type(orig).__name__}]: {first}") from exc
 

@@ -77,13 +77,20 @@ def _rules(settings: QualitySettings, languages: Sequence[str], topics: Sequence
     ]
 
 
+def _quiet_gx_loggers() -> None:
+    """GX sets some of its loggers to INFO at import ("Created temporary directory ...")."""
+    for name, logger in list(logging.Logger.manager.loggerDict.items()):
+        if name.startswith("great_expectations") and isinstance(logger, logging.Logger) and 0 < logger.level < logging.WARNING:
+            logger.setLevel(logging.WARNING)
+
+
 @lru_cache(maxsize=1)
 def _context() -> Any:
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
+    _quiet_gx_loggers()
     ctx = gx.get_context(mode="ephemeral")
-    logging.getLogger("great_expectations").setLevel(logging.WARNING)
     ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
     ds = ctx.data_sources.add_pandas("newsmon_batches")
     asset = ds.add_dataframe_asset("articles")

@@ -84,9 +84,12 @@ class SampleServer:
                     self.send_header("ETag", etag)
                     self.send_header("Last-Modified", _LAST_MODIFIED)
                 self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                if body:
-                    self.wfile.write(body)
+                try:
+                    self.end_headers()
+                    if body:
+                        self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):  # the client gave up: not our error
+                    self.close_connection = True
 
         self._servers = []
         for host in ["127.0.0.1", *self.site_hosts.values()]:
