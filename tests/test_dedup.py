@@ -91,11 +91,20 @@ def test_exact_dedup_in_batch_by_url_key_and_hash():
     assert [(d.kind, d.primary) for d in dups] == [("url", 0), ("content_hash", 0)]
 
 
+_VOCAB = (
+    "أعلنت مصادر محلية اليوم أن الاجتماع بحث ملفات المعابر والطرق والمساعدات الإنسانية في الشمال السوري وسط "
+    "تحذيرات منظمات دولية من تدهور الأوضاع المعيشية للنازحين داخل المخيمات مع اقتراب فصل الشتاء وارتفاع أسعار "
+    "الوقود والخبز والدواء بينما تواصل اللجان الفنية عملها على إعادة تأهيل شبكات المياه والكهرباء والمدارس "
+    "والمستشفيات المتضررة في القرى القريبة من خطوط التماس بحسب ما أفاد مسؤولون ومراسلون ميدانيون"
+).split()
+
+
 def _story(n: int) -> str:
-    return "\n".join(
-        f"أعلنت مصادر محلية في اليوم {n} أن الاجتماع رقم {i} بحث ملفات المعابر والطرق والمساعدات {n * 13 + i}"
-        for i in range(10)
-    )
+    """A distinct article per n: same vocabulary, different word order (no shared passages)."""
+    import random
+
+    rng = random.Random(n)
+    return "\n".join(" ".join(rng.sample(_VOCAB, 20)) + "." for _ in range(8))
 
 
 def test_copies_become_sightings_of_one_cluster(engine):
@@ -144,3 +153,44 @@ def test_concurrent_loaders_never_split_a_story(engine):
         sightings = c.execute(sa.text("SELECT count(*) FROM news.article_sightings")).scalar()
     assert clusters == len(stories) == registry
     assert sightings == 2 * len(stories)
+
+
+def _titled(title: str, body_n: int, url: str, days: int = 0) -> Article:
+    from datetime import timedelta
+
+    a = make_article(_story(body_n), url)
+    a.title, a.norm_title = title, normalize_text(title)
+    a.published_at = datetime(2026, 11, 20, tzinfo=UTC) + timedelta(days=days)
+    return a
+
+
+def test_same_title_same_source_within_7_days_is_a_duplicate(engine):
+    title = "قصف مدفعي يستهدف ريف إدلب الجنوبي"
+    first = _titled(title, 31, "http://site-a.example/a1")
+    again = _titled(title, 32, "http://site-a.example/a1-updated", days=2)  # other URL, other body
+    other_source = _titled(title, 33, "http://site-b.example/b1", days=1)
+    much_later = _titled(title, 34, "http://site-a.example/a2", days=12)
+    short = _titled("عاجل", 35, "http://site-a.example/a3")
+    short_again = _titled("عاجل", 36, "http://site-a.example/a4")
+    with engine.begin() as c:
+        r1 = load_batch(c, [first, other_source], [], [])
+    with engine.begin() as c:
+        r2 = load_batch(c, [again, much_later, short, short_again], [], [])
+    assert len(r1.loaded) == 2
+    assert kinds_of(engine).get(again.url) == "title", kinds_of(engine)
+    assert {a.url for _, a in r2.loaded} == {much_later.url, short.url, short_again.url}, kinds_of(engine)
+    with engine.connect() as c:
+        kinds = dict(c.execute(sa.text("SELECT url, match_kind FROM news.article_sightings")).all())
+    assert kinds[again.url] == "title", kinds
+
+
+def test_same_title_in_one_batch():
+    a = _titled("Turkish and Russian troops patrol the M4 highway", 41, "http://x.example/1")
+    b = _titled("Turkish and Russian troops patrol the M4 highway", 42, "http://x.example/2", days=1)
+    unique, dups = dedup_in_batch([a, b])
+    assert unique == [a] and dups[0].kind == "title"
+
+
+def kinds_of(engine) -> dict[str, str]:
+    with engine.connect() as c:
+        return dict(c.execute(sa.text("SELECT url, match_kind FROM news.article_sightings")).all())

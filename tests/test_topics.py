@@ -70,3 +70,29 @@ def test_partition_names_are_validated():
     for bad in ("unclassified", "x; drop table", "Idlib", "1x"):
         with pytest.raises(ValueError):
             partition_name(bad)
+
+
+def test_boolean_rules_all_any_none(tmp_path: Path):
+    f = tmp_path / "t.yml"
+    f.write_text(
+        """topics:
+  - slug: ceasefire
+    label: Ceasefire in Idlib
+    min_score: 1
+    terms: {en: [ceasefire, truce], ar: [هدنة, وقف إطلاق النار]}
+    rules:
+      all: [[Idlib, إدلب]]
+      any: [[Russia, Turkey, روسيا, تركيا], [UN, الأمم المتحدة]]
+      none: [[football, كرة القدم]]
+""",
+        encoding="utf-8",
+    )
+    tax = load_taxonomy(f)
+    assert slugs(tax, "Truce in Idlib agreed by Russia and Turkey") == ["ceasefire"]
+    assert slugs(tax, "هدنة في إدلب برعاية روسيا") == ["ceasefire"]
+    assert slugs(tax, "Truce in Idlib holds") == []  # no 'any' group matched
+    assert slugs(tax, "Truce in Aleppo agreed by Russia") == []  # 'all' group missing
+    assert slugs(tax, "Idlib football truce with Turkey") == []  # 'none' group matched
+    f.write_text("topics:\n  - slug: x\n    terms: {en: [a]}\n    rules: {some: [[b]]}\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="all/any/none"):
+        load_taxonomy(f)

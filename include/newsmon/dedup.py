@@ -32,23 +32,50 @@ class Duplicate:
 
 
 def dedup_in_batch(articles: Sequence[Article]) -> tuple[list[Article], list[Duplicate]]:
-    """Keep the first article per url_key and per content_hash; the rest are duplicates."""
+    """Keep the first article per url_key, content_hash and (source, title, 7 days)."""
     unique: list[Article] = []
     dups: list[Duplicate] = []
     by_url: dict[str, int] = {}
     by_hash: dict[str, int] = {}
+    by_title: dict[str, int] = {}
     for a in articles:
+        tkey = title_key(a.source_domain, a.norm_title or normalize_text(a.title))
         if a.url_key in by_url:
             dups.append(Duplicate(a, "url", primary=by_url[a.url_key]))
             continue
         if a.content_hash in by_hash:
             dups.append(Duplicate(a, "content_hash", primary=by_hash[a.content_hash]))
             continue
+        if tkey and tkey in by_title:
+            first = unique[by_title[tkey]]
+            if _within_window(first, a):
+                dups.append(Duplicate(a, "title", primary=by_title[tkey]))
+                continue
         idx = len(unique)
         unique.append(a)
         by_url[a.url_key] = idx
         by_hash[a.content_hash] = idx
+        if tkey:
+            by_title.setdefault(tkey, idx)
     return unique, dups
+
+
+def _within_window(a: Article, b: Article) -> bool:
+    if a.published_at is None or b.published_at is None:
+        return False
+    return abs((a.published_at - b.published_at).total_seconds()) <= TITLE_WINDOW_DAYS * 86400
+
+
+TITLE_WINDOW_DAYS = 7
+TITLE_MIN_WORDS = 4  # "Weather", "Live updates": too generic to identify a story
+
+
+def title_key(source_domain: str, norm_title: str) -> str | None:
+    """Key of (source, normalised title); None for titles too short to identify a story."""
+    words = _WORD.findall(norm_title or "")
+    if len(words) < TITLE_MIN_WORDS:
+        return None
+    return hashlib.sha256(f"{source_domain}|{' '.join(words)}".encode()).hexdigest()
 
 
 def split_known(conn: Connection, articles: Sequence[Article]) -> tuple[list[Article], list[Duplicate]]:

@@ -18,7 +18,15 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from newsmon.dedup import Duplicate, Signature, find_near_duplicates, is_copy, signature
+from newsmon.dedup import (
+    TITLE_WINDOW_DAYS,
+    Duplicate,
+    Signature,
+    find_near_duplicates,
+    is_copy,
+    signature,
+    title_key,
+)
 from newsmon.models import Article, Rejected
 from newsmon.normalize import normalize_text
 
@@ -114,9 +122,11 @@ _SIGHTING_COLUMNS = ("article_id", "cluster_id", "entry_id", "feed_id", "url", "
 
 
 def _existing_keys(conn: Connection, articles: Sequence[Article]) -> dict[str, tuple[int, int, str]]:
-    """Stored articles sharing a url_key or content_hash with the batch: key -> (id, cluster, kind)."""
+    """Stored articles sharing an exact key with the batch: url_key, content_hash, or the
+    same source + normalised title within TITLE_WINDOW_DAYS. key -> (id, cluster, kind)."""
     if not articles:
         return {}
+    out: dict[str, tuple[int, int, str]] = {}
     rows = conn.execute(
         sa.text(
             "SELECT article_id, cluster_id, url_key, content_hash FROM news.article_registry "
@@ -124,11 +134,32 @@ def _existing_keys(conn: Connection, articles: Sequence[Article]) -> dict[str, t
         ),
         {"u": [a.url_key for a in articles], "h": [a.content_hash for a in articles]},
     ).all()
-    out: dict[str, tuple[int, int, str]] = {}
     for r in rows:
         out["u:" + r.url_key] = (r.article_id, r.cluster_id or r.article_id, "url")
         out["h:" + r.content_hash] = (r.article_id, r.cluster_id or r.article_id, "content_hash")
+    titled = [(i, k, a.published_at) for i, a in enumerate(articles) if (k := _title_key(a)) and a.published_at]
+    if titled:
+        rows = conn.execute(
+            sa.text(
+                """
+                SELECT DISTINCT ON (q.i) q.i, r.article_id, r.cluster_id
+                FROM unnest(CAST(:idx AS int[]), CAST(:keys AS text[]), CAST(:ts AS timestamptz[])) AS q(i, k, ts)
+                JOIN news.article_registry r
+                  ON r.title_key = q.k AND r.published_at BETWEEN q.ts - make_interval(days => :w)
+                                                               AND q.ts + make_interval(days => :w)
+                ORDER BY q.i, r.article_id
+                """
+            ),
+            {"idx": [i for i, _, _ in titled], "keys": [k for _, k, _ in titled], "ts": [t for _, _, t in titled],
+             "w": TITLE_WINDOW_DAYS},
+        ).all()  # fmt: skip
+        for r in rows:
+            out[f"t:{r.i}"] = (r.article_id, r.cluster_id or r.article_id, "title")
     return out
+
+
+def _title_key(a: Article) -> str | None:
+    return title_key(a.source_domain, a.norm_title or normalize_text(a.title))
 
 
 def load_batch(
@@ -166,7 +197,7 @@ def load_batch(
 
     pending_local: dict[int, tuple[int, float]] = {}  # copies of new articles of this batch
     for i, a in enumerate(passed):
-        hit = stored.get("u:" + a.url_key) or stored.get("h:" + a.content_hash)
+        hit = stored.get("u:" + a.url_key) or stored.get("h:" + a.content_hash) or stored.get(f"t:{i}")
         if hit is not None:
             ids_by_index[i] = (hit[0], hit[1])
             sighting(a, hit[0], hit[1], hit[2], None)
@@ -193,13 +224,20 @@ def load_batch(
         rows = conn.execute(
             sa.text(
                 """
-                INSERT INTO news.article_registry (url_key, content_hash)
-                SELECT u, h FROM unnest(CAST(:u AS text[]), CAST(:h AS text[])) AS t(u, h)
+                INSERT INTO news.article_registry (url_key, content_hash, source_domain, title_key, published_at)
+                SELECT u, h, s, t, p FROM unnest(CAST(:u AS text[]), CAST(:h AS text[]), CAST(:s AS text[]),
+                                                 CAST(:t AS text[]), CAST(:p AS timestamptz[])) AS x(u, h, s, t, p)
                 ON CONFLICT DO NOTHING
                 RETURNING article_id, url_key
                 """
             ),
-            {"u": [passed[i].url_key for i in fresh], "h": [passed[i].content_hash for i in fresh]},
+            {
+                "u": [passed[i].url_key for i in fresh],
+                "h": [passed[i].content_hash for i in fresh],
+                "s": [passed[i].source_domain for i in fresh],
+                "t": [_title_key(passed[i]) for i in fresh],
+                "p": [passed[i].published_at for i in fresh],
+            },
         ).all()
         id_by_key = {r.url_key: r.article_id for r in rows}
         conn.execute(

@@ -42,13 +42,15 @@ class Topic:
     terms: dict[str, tuple[str, ...]]
     exclude: tuple[str, ...] = ()
     require_all: tuple[tuple[str, ...], ...] = ()  # every group must match somewhere
+    require_any: tuple[tuple[str, ...], ...] = ()  # at least one group must match
+    forbid: tuple[tuple[str, ...], ...] = ()  # no group may match
     min_score: float = 2.0
 
 
 @dataclass
 class Taxonomy:
     topics: dict[str, Topic]
-    _compiled: dict[str, tuple[re.Pattern[str], re.Pattern[str] | None, tuple[re.Pattern[str], ...]]] = field(
+    _compiled: dict[str, tuple[re.Pattern[str], re.Pattern[str] | None, tuple[tuple[re.Pattern[str], ...], ...]]] = field(
         default_factory=dict, repr=False
     )
 
@@ -58,7 +60,11 @@ class Taxonomy:
             self._compiled[t.slug] = (
                 compile_terms(all_terms),
                 compile_terms(t.exclude) if t.exclude else None,
-                tuple(compile_terms(g) for g in t.require_all),
+                (
+                    tuple(compile_terms(g) for g in t.require_all),
+                    tuple(compile_terms(g) for g in t.require_any),
+                    tuple(compile_terms(g) for g in t.forbid),
+                ),
             )
 
     @property
@@ -87,7 +93,16 @@ class Taxonomy:
                 continue
             if exclude is not None and (exclude.search(nt) or exclude.search(nb)):
                 continue
-            if any(not (g.search(nt) or g.search(nb)) for g in groups):
+            all_groups, any_groups, none_groups = groups
+
+            def hit(g: re.Pattern[str]) -> bool:
+                return bool(g.search(nt) or g.search(nb))
+
+            if not all(hit(g) for g in all_groups):
+                continue
+            if any_groups and not any(hit(g) for g in any_groups):
+                continue
+            if any(hit(g) for g in none_groups):
                 continue
             terms = tuple(sorted({h.strip() for h in title_hits + body_hits}))
             matched[slug] = TopicMatch(slug, score, terms)
@@ -166,14 +181,16 @@ def load_taxonomy(path: Path) -> Taxonomy:
         if not isinstance(exclude, list) or not all(isinstance(w, str) and w.strip() for w in exclude):
             raise err("'exclude' must be a list of terms", "exclude")
         rules = item.get("rules") or {}
-        groups: tuple[tuple[str, ...], ...] = ()
+        parsed: dict[str, tuple[tuple[str, ...], ...]] = {"all": (), "any": (), "none": ()}
         if rules:
-            if not isinstance(rules, dict) or set(rules) - {"all"}:
-                raise err("'rules' supports 'all: [[terms...], ...]' (every group must match)", "rules")
-            all_groups = rules.get("all") or []
-            if not isinstance(all_groups, list) or not all(isinstance(g, list) and g for g in all_groups):
-                raise err("'rules.all' must be a list of non-empty term lists", "rules")
-            groups = tuple(tuple(str(w) for w in g) for g in all_groups)
+            if not isinstance(rules, dict) or set(rules) - set(parsed):
+                raise err("'rules' takes all/any/none: lists of term groups ([[terms...], ...])", "rules")
+            for kind in parsed:
+                groups_raw = rules.get(kind) or []
+                if not isinstance(groups_raw, list) or not all(isinstance(g, list) and g for g in groups_raw):
+                    raise err(f"'rules.{kind}' must be a list of non-empty term lists", "rules", kind)
+                parsed[kind] = tuple(tuple(str(w) for w in g) for g in groups_raw)
+        groups = parsed["all"] + parsed["any"] + parsed["none"]
         min_score = item.get("min_score", 2.0)
         if not isinstance(min_score, int | float) or min_score <= 0:
             raise err("'min_score' must be a positive number", "min_score")
@@ -189,7 +206,9 @@ def load_taxonomy(path: Path) -> Taxonomy:
             parent=item.get("parent"),
             terms=clean_terms,
             exclude=tuple(exclude),
-            require_all=groups,
+            require_all=parsed["all"],
+            require_any=parsed["any"],
+            forbid=parsed["none"],
             min_score=float(min_score),
         )
     for i, t in enumerate(topics.values()):
