@@ -182,7 +182,9 @@ def load_batch(
     conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": CLUSTER_LOCK})
     sigs = [a.signature if isinstance(a.signature, Signature) else signature(a.norm_body or normalize_text(a.body)) for a in passed]
     stored = _existing_keys(conn, passed)
-    near = find_near_duplicates(conn, sigs)
+    exact = {i for i, a in enumerate(passed) if f"t:{i}" in stored or "u:" + a.url_key in stored or "h:" + a.content_hash in stored}
+    open_idx = [i for i in range(len(passed)) if i not in exact]  # only these need the near-duplicate index
+    near = {open_idx[j]: hit for j, hit in find_near_duplicates(conn, [sigs[i] for i in open_idx]).items()}
     sightings: list[tuple[Any, ...]] = []
     marks: list[tuple[Any, ...]] = []
     ids_by_index: dict[int, tuple[int, int]] = {}
@@ -257,10 +259,9 @@ def load_batch(
             ids_by_index[i] = (new_id, new_id)
             if sigs[i].bands:
                 band_rows.append((new_id, list(sigs[i].bands)))
-            for t in a.topics or []:
-                article_rows.append(tuple(_row(a, new_id, new_id, t.slug, t.score, t.terms)[c] for c in _ARTICLE_COLUMNS))
-            if not a.topics:
-                article_rows.append(tuple(_row(a, new_id, new_id, "unclassified", None, [])[c] for c in _ARTICLE_COLUMNS))
+            for slug, score, terms in [(t.slug, t.score, t.terms) for t in a.topics] or [("unclassified", None, ())]:
+                row = _row(a, new_id, new_id, slug, score, terms)
+                article_rows.append(tuple(row[c] for c in _ARTICLE_COLUMNS))
             sightings.append((new_id, new_id, a.entry_id, a.feed_id, a.url, a.source_domain, "first", 1.0))
             marks.append((a.entry_id, "loaded", new_id, None))
             result.loaded.append((new_id, a))
