@@ -226,8 +226,9 @@ def raise_alert(
     if not _KIND.match(kind):
         raise ValueError(f"alert kind must match {_KIND.pattern}")
     now = now or datetime.now(UTC)
-    subject, summary = clean_text(subject, 300), clean_text(summary, 2000)
-    data = json.loads(REDACTOR.redact(json.dumps(dict(payload or {}), ensure_ascii=False, default=str)))
+    # issue 8: a connection URL in any alert text loses its password (mask_url), not only in task failures
+    subject, summary = mask_url(clean_text(subject, 300)), REDACTOR.redact(mask_url(clean_text(summary, 2000)))
+    data = json.loads(REDACTOR.redact(mask_url(json.dumps(dict(payload or {}), ensure_ascii=False, default=str))))
     try:
         with engine.begin() as conn:
             row = conn.execute(

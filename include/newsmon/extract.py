@@ -25,6 +25,7 @@ _META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9_.:-]
 _HEADER_CHARSET = re.compile(r"charset\s*=\s*[\"']?([A-Za-z0-9_.:-]+)", re.I)
 _TAG = re.compile(r"<[^>]+>")
 _WS = re.compile(r"[ \t\r\f\v]+")
+_XML_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 # Boilerplate that must never reach ``body``: WordPress comment forms in Arabic and
 # English, share/newsletter/cookie furniture. Matched per paragraph, after extraction,
@@ -376,6 +377,7 @@ def html_to_text(fragment: str | None) -> str:
         return ""
     if "<" not in fragment:
         return strip_boilerplate(fragment.strip())
+    fragment = _XML_CONTROL.sub(" ", fragment)  # issue 8: lxml refuses them when it moves text (drop_tree)
     tree = _html_tree(f"<div>{fragment}</div>")
     if tree is None:
         return strip_boilerplate(_TAG.sub(" ", fragment))
@@ -468,10 +470,13 @@ def extract_page(html: str, url: str, *, feed_date: datetime | None = None, now:
         if candidate:
             from urllib.parse import urljoin
 
-            absolute = urljoin(url, candidate)
-            if absolute.startswith(("http://", "https://")) and same_site(absolute, url):
-                canonical = clean_url(absolute)
-                break
+            try:  # issue 8: a hostile href ("http://[bad", bad port) must not sink the page
+                absolute = urljoin(url, candidate)
+                if absolute.startswith(("http://", "https://")) and same_site(absolute, url):
+                    canonical = clean_url(absolute)
+                    break
+            except ValueError:
+                continue
     authors: list[str] = []
     raw_author = meta.get("author") or meta.get("article:author")
     if raw_author and not raw_author.startswith(("http://", "https://")):

@@ -113,6 +113,7 @@ class QueuedEntry:
     feed_lang: str | None
     first_seen_at: datetime
     respect_robots: bool = True  # news.feeds.respect_robots (and fetch.respect_robots_txt)
+    attempts: int = 1  # processing attempts including this one
 
 
 @dataclass(frozen=True)

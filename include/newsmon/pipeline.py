@@ -127,7 +127,7 @@ def claim_entries(conn: Connection, *, limit: int, lease_s: int, max_attempts: i
             FROM c, news.feeds f
             WHERE e.entry_id = c.entry_id AND f.feed_id = e.feed_id
             RETURNING e.entry_id, e.feed_id, e.link, e.title, e.summary, e.content, e.published_at,
-                      e.authors, e.tags, f.lang AS feed_lang, e.first_seen_at, f.respect_robots
+                      e.authors, e.tags, f.lang AS feed_lang, e.first_seen_at, f.respect_robots, e.attempts
             """
         ),
         {"limit": limit, "lease": lease_s, "max_attempts": max_attempts, "feeds": list(feed_ids or [])},
@@ -288,6 +288,13 @@ def process_entries(engine: Engine, settings: Settings, taxonomy: Taxonomy, entr
             _mark_failed(engine, e, f"extract: {type(exc).__name__}: {exc}", settings.pipeline.max_attempts)
             res.failed += 1
             continue
+        err = fetched.error
+        if err is not None and err.transient and a.body_source == "summary" and e.attempts < settings.pipeline.max_attempts:
+            # the page is temporarily unreachable and the feed has no full text: retry the
+            # entry later (backoff) rather than quarantine a summary-only article
+            _mark_failed(engine, e, f"fetch: {err.kind}: {err.detail} (retrying)", settings.pipeline.max_attempts)
+            res.failed += 1
+            continue
         encodings[e.entry_id] = a.encoding
         if a.body_source != "page":
             res.feed_fallbacks += 1
@@ -302,7 +309,6 @@ def process_entries(engine: Engine, settings: Settings, taxonomy: Taxonomy, entr
         new, settings=settings.quality, languages=settings.pipeline.languages, topics=taxonomy.slugs, batch_id=uuid.uuid4().hex[:12]
     )
     # in-batch copies follow their primary: loaded primary -> sighting; rejected -> quarantined too
-    primary_of = {id(a): a for a in unique}
     rejected_ids = {id(r.article) for r in outcome.rejected}
     known_ids = {id(d.article): d for d in known}
     duplicates: list[Duplicate] = list(known)
@@ -319,7 +325,6 @@ def process_entries(engine: Engine, settings: Settings, taxonomy: Taxonomy, entr
             rejected.append(Rejected(d.article, ("copy_of_rejected",), "copy of a quarantined article"))
         elif id(primary) in passed_index:
             duplicates.append(Duplicate(d.article, d.kind, primary=passed_index[id(primary)]))
-    del primary_of
     with engine.begin() as conn:
         dq_id = record_dq_run(conn, outcome) if new else None
         lr = load_batch(conn, outcome.passed, duplicates, rejected, dq_run_id=dq_id)
