@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-BENCHMARKS = ["bench_load", "bench_dedup", "bench_quality", "bench_poll", "bench_extract"]  # other streams append theirs here
+BENCHMARKS = ["bench_load", "bench_dedup", "bench_quality", "bench_poll", "bench_extract", "bench_freshness"]  # other streams append theirs here
 OUT = Path("bench-results")
 
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from airflow.sdk import Asset
+from airflow.sdk import Asset, AssetWatcher
+from newsmon_triggers import FeedChangeTrigger  # plugins/: the triggerer imports it by class path
 
 OWNER = "newsmon"
 CONN_ID = "newsmon_db"
@@ -16,6 +17,13 @@ START = datetime(2025, 1, 1, tzinfo=UTC)
 
 FEED_ENTRIES = Asset("newsmon://feed_entries", extra={"table": "news.feed_entries"})
 ARTICLES = Asset("newsmon://articles", extra={"table": "news.articles"})
+# Event-driven polling (issue 7): the triggerer watches the busiest feeds between polls
+# (conditional GETs, poll.watch_interval_s; 0 = off); a feed listing new entries fires
+# this asset, which runs newsmon_poll_feeds at once instead of at its next tick.
+FEED_CHANGES = Asset(
+    "newsmon://feed_changes",
+    watchers=[AssetWatcher(name="newsmon_feed_watcher", trigger=FeedChangeTrigger())],
+)
 
 
 def on_failure(context: Any) -> None:

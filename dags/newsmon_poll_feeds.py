@@ -1,8 +1,9 @@
 """
 ### newsmon: poll feeds
 
-Every two minutes: mirror `feeds.yml`/`topics.yml` into the warehouse, split the feeds
-that are **due** into shards (dynamic task mapping, one mapped task per shard, labelled
+Every two minutes, and at once when the feed watcher in the triggerer sees a feed
+list new entries (asset `newsmon://feed_changes`, event-driven scheduling): mirror
+`feeds.yml`/`topics.yml` into the warehouse, split the feeds that are **due** into shards (dynamic task mapping, one mapped task per shard, labelled
 with its feeds), poll each shard under the `newsmon_http` pool, and emit the asset
 `newsmon://feed_entries` when entries wait to be processed (which triggers
 `newsmon_process_articles`).
@@ -21,13 +22,13 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from airflow.sdk import Param, dag, task
-from newsmon_dag_common import DEFAULT_ARGS, FEED_ENTRIES, HTTP_POOL, START, warehouse
+from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task
+from newsmon_dag_common import DEFAULT_ARGS, FEED_CHANGES, FEED_ENTRIES, HTTP_POOL, START, warehouse
 
 
 @dag(
     dag_id="newsmon_poll_feeds",
-    schedule="*/2 * * * *",
+    schedule=AssetOrTimeSchedule(timetable=CronTriggerTimetable("*/2 * * * *", timezone="UTC"), assets=FEED_CHANGES),
     start_date=START,
     catchup=False,
     max_active_runs=1,

@@ -62,6 +62,9 @@ class PollSettings(_Section):
     jitter_fraction: float = Field(default=0.1, ge=0, le=0.5)
     shard_size: int = Field(default=250, ge=1)
     max_entries_per_feed: int = Field(default=1000, ge=1, description="entries kept from one poll (a 100,000-item feed is cut)")
+    # feed watcher (Airflow triggerer, issue 7): conditional GETs between polls, 0 = off
+    watch_interval_s: int = Field(default=30, ge=0, description="seconds between the watcher's looks; 0 turns it off")
+    watch_max_feeds: int = Field(default=50, ge=1, description="feeds watched: those with the shortest adapted interval")
 
     @model_validator(mode="after")
     def _bounds(self) -> PollSettings:

@@ -165,6 +165,85 @@ def poll_report(url: str, results: Sequence[Mapping[str, Any]] | None) -> dict[s
     return total
 
 
+# ---------------------------------------------------------------- feed watcher (event-driven polling)
+
+
+async def watch_feeds(url: str) -> tuple[list[str], float]:
+    """One look of the feed watcher that runs in the Airflow triggerer between polls.
+
+    A conditional GET (ETag / Last-Modified, else the body hash) of the not-yet-due,
+    healthy feeds with the shortest adapted interval (the busiest; at most
+    ``poll.watch_max_feeds``). Feeds that list an entry the warehouse does not hold yet
+    are made due now, so the poll DAG run this look triggers takes them; the rest
+    (mostly a bodiless 304) are left alone and nothing is recorded for them. Returns the changed feed names and the seconds to wait
+    before the next look (``poll.watch_interval_s``; 0 = watcher off, check back in 60 s).
+    """
+    import asyncio
+
+    from newsmon.feeds import poll_feed
+    from newsmon.fetch import HttpClient
+    from newsmon.models import Feed
+
+    settings = await asyncio.to_thread(load_settings)  # file I/O off the triggerer's event loop
+    every = float(settings.poll.watch_interval_s)
+    if not every:
+        return [], 60.0
+
+    def candidates() -> list[Feed]:
+        with _warehouse(url) as (engine, _s), engine.connect() as conn:
+            rows = conn.execute(
+                sa.text(
+                    """
+                    SELECT feed_id, name, url, lang, etag, last_modified, body_hash, poll_interval_s, consecutive_failures
+                    FROM news.feeds
+                    WHERE enabled AND consecutive_failures = 0 AND last_success_at IS NOT NULL AND next_poll_at > now()
+                    ORDER BY poll_interval_s, feed_id
+                    LIMIT :n
+                    """
+                ),
+                {"n": settings.poll.watch_max_feeds},
+            ).mappings()
+            return [Feed(**dict(r)) for r in rows]
+
+    def make_due(listed: dict[int, list[str]]) -> list[int]:
+        """Feeds listing an entry the warehouse does not hold yet become due now (a body that
+        changed only in its lastBuildDate does not count)."""
+        due = []
+        with _warehouse(url) as (engine, _s), engine.begin() as conn:
+            for feed_id, keys in listed.items():
+                known = conn.execute(
+                    sa.text("SELECT count(*) FROM news.feed_entries WHERE feed_id = :f AND entry_key = ANY(:k)"),
+                    {"f": feed_id, "k": keys},
+                ).scalar_one()
+                if known < len(set(keys)):
+                    due.append(feed_id)
+            conn.execute(
+                sa.text("UPDATE news.feeds SET next_poll_at = now() WHERE feed_id = ANY(:ids) AND next_poll_at > now()"),
+                {"ids": due},
+            )
+        return due
+
+    feeds = await asyncio.to_thread(candidates)
+    if not feeds:
+        return [], every
+    async with HttpClient(settings.fetch) as client:
+        outcomes = await asyncio.gather(
+            *(poll_feed(client, f, max_entries=settings.poll.max_entries_per_feed) for f in feeds)
+        )
+    listed = {
+        f.feed_id: [e.entry_key for e in parsed.entries]
+        for f, (outcome, parsed) in zip(feeds, outcomes, strict=True)
+        if outcome.status == "ok" and parsed is not None and parsed.entries
+    }
+    if not listed:
+        return [], every
+    due = set(await asyncio.to_thread(make_due, listed))
+    changed = [f.name for f in feeds if f.feed_id in due]
+    if changed:
+        log.info("feed watcher: feeds with new entries made due: %s", ", ".join(changed))
+    return changed, every
+
+
 # ---------------------------------------------------------------- process DAG
 
 

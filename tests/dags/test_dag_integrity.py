@@ -55,8 +55,12 @@ def test_schedules_and_concurrency(dagbag: Any) -> None:
     from airflow.sdk import Asset
 
     poll = dagbag.dags["newsmon_poll_feeds"]
-    assert poll.schedule == "*/2 * * * *"
-    assert type(poll.timetable).__name__ == "CronTriggerTimetable"
+    # every two minutes, or at once when the feed watcher (an AssetWatcher) fires
+    assert type(poll.timetable).__name__ == "AssetOrTimeSchedule"
+    assert poll.timetable.timetable.expression == "*/2 * * * *"
+    changes = poll.timetable.asset_condition
+    assert isinstance(changes, Asset) and changes.uri == "newsmon://feed_changes/"
+    assert [(w.name, type(w.trigger).__name__) for w in changes.watchers] == [("newsmon_feed_watcher", "FeedChangeTrigger")]
     assert poll.max_active_runs == 1
     assert poll.catchup is False
     assert dagbag.dags["newsmon_data_quality"].schedule == "@hourly"
