@@ -301,3 +301,20 @@ def test_one_walk_pruning_matches_the_xpath_rules():
                     el.drop_tree()
         assert ours.text_content() == ref.text_content(), page.file
     assert removed >= 3 * len(PAGES)
+
+
+def test_extraction_is_thread_safe():
+    """Threads extracting at once get the same text as one thread (extract.py serialises
+    trafilatura/htmldate; the race it guards against showed up in
+    test_faults.py::test_two_concurrent_passes_store_and_load_each_item_once)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from newsmon.config import PROJECT_ROOT
+    from newsmon.extract import decode_html, extract_page
+
+    pages = sorted((PROJECT_ROOT / "include/sample/sites").rglob("*.html"))
+    docs = [(decode_html(p.read_bytes(), "text/html")[0], f"http://127.0.0.1/{p.name}") for p in pages]
+    sequential = [extract_page(h, u).text for h, u in docs]
+    with ThreadPoolExecutor(8) as pool:
+        for _ in range(4):
+            assert list(pool.map(lambda d: extract_page(*d).text, docs)) == sequential

@@ -327,8 +327,6 @@ def test_two_concurrent_passes_store_and_load_each_item_once(engine, db_url, oth
     # which copy of a syndicated story loads first depends on how the two passes interleave:
     # the set of sightings and the number of distinct stories do not
     assert got["entries_seen_twice"] == got["url_keys_twice"] == got["dangling"] == 0
-    with engine.connect() as c:
-        print("REJECTED", c.execute(sa.text("SELECT url, failed_expectations, reason FROM news.rejected_articles")).all())
     assert (got["entries"], got["registry"], got["rejected"], got["sighting_urls"], got["status"]) == (
         baseline["entries"], baseline["registry"], baseline["rejected"], baseline["sighting_urls"], baseline["status"])  # fmt: skip
 

@@ -12,6 +12,7 @@ import codecs
 import json
 import logging
 import re
+import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
@@ -348,7 +349,8 @@ def choose_date(
         try:
             from htmldate import find_date
 
-            found = find_date(html, original_date=True, outputformat="%Y-%m-%dT%H:%M:%S", extensive_search=False)
+            with _EXTRACT_LOCK:
+                found = find_date(html, original_date=True, outputformat="%Y-%m-%dT%H:%M:%S", extensive_search=False)
         except Exception:  # htmldate on odd markup
             found = None
         dt = parse_datetime(found)
@@ -422,18 +424,26 @@ def _first(*values: Any) -> str | None:
     return None
 
 
+# trafilatura and htmldate evaluate module-level precompiled lxml XPath objects, which lxml
+# documents as not thread-safe: two threads extracting at once (two passes in one process)
+# were seen to swap or lose text. Extraction is CPU-bound under the GIL anyway, so one lock
+# per process costs nothing and makes the stage safe in threaded hosts.
+_EXTRACT_LOCK = threading.RLock()
+
+
 def _trafilatura_text(trafilatura: Any, tree: Any, url: str, *, fast: bool) -> str:
     try:
-        doc = trafilatura.bare_extraction(
+        with _EXTRACT_LOCK:
+            doc = trafilatura.bare_extraction(
             tree,
-            url=url,
-            fast=fast,
-            favor_precision=True,
-            include_comments=False,
-            include_tables=False,
-            with_metadata=False,
-            deduplicate=False,
-        )
+                url=url,
+                fast=fast,
+                favor_precision=True,
+                include_comments=False,
+                include_tables=False,
+                with_metadata=False,
+                deduplicate=False,
+            )
     except Exception as exc:  # trafilatura on hostile markup: keep going with metadata only
         log.warning("trafilatura failed url=%s error=%s", url, exc)
         return ""
