@@ -50,7 +50,7 @@ def make_articles(n: int, *, seed: int = 7, with_signature: bool = True) -> list
             canonical_url=url,
             url_key=url_key(url),
             source_domain=f"site{i % 50}.example",
-            title=sents[0][:200],
+            title=f"{sents[0][:180]} ({i})",
             summary=None,
             body=body,
             body_source="page",
@@ -60,7 +60,7 @@ def make_articles(n: int, *, seed: int = 7, with_signature: bool = True) -> list
             date_source="page_meta",
             fetched_at=base,
             content_hash=content_hash(norm),
-            norm_title=normalize_text(sents[0]),
+            norm_title=normalize_text(f"{sents[0][:180]} ({i})"),
             norm_body=norm,
             topics=[TopicMatch(t, 3.0, (t,)) for t in sorted(chosen)],
         )
