@@ -119,7 +119,7 @@ def _summary_table(summary: Any, title: str) -> Table:
         ("new articles loaded", summary.articles_loaded),
         ("duplicates found", summary.duplicates),
         ("rows quarantined", summary.quarantined),
-        ("entries failed", summary.failed),
+        ("entries failed or queued for retry", summary.failed),
         ("bodies from the feed (page missing/short)", summary.feed_fallbacks),
     ):
         t.add_row(label, str(value))
