@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 
-from newsmon.cli import _stop_process_group
+from newsmon.airflow_cluster import stop_process_group
 
 # like `airflow standalone`: a parent whose child outlives it (this one even ignores SIGTERM)
 _TREE = """
@@ -34,7 +34,7 @@ def test_stop_process_group_stops_children_that_ignore_sigterm() -> None:
             break
         time.sleep(0.1)
     assert len(out) >= 2
-    _stop_process_group(proc.pid, grace_s=2)
+    stop_process_group(proc.pid, grace_s=2)
     proc.wait(timeout=5)
     deadline = time.monotonic() + 5
     while _group_alive(proc.pid) and time.monotonic() < deadline:

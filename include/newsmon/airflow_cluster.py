@@ -198,11 +198,9 @@ class AirflowCluster:
 
     def stop(self, grace_s: float = 30.0) -> None:
         """Stop every component's process group (TERM, then KILL after ``grace_s``)."""
-        from newsmon.cli import _stop_process_group
-
         for name in reversed(list(self.procs)):
             proc = self.procs[name]
-            _stop_process_group(proc.pid, grace_s=grace_s)
+            stop_process_group(proc.pid, grace_s=grace_s)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=5)
         for log in self._logs.values():
@@ -232,3 +230,27 @@ def airflow_cluster(
     finally:
         if not keep_home:
             shutil.rmtree(home, ignore_errors=True)
+
+
+def stop_process_group(pgid: int, grace_s: float = 60.0) -> None:
+    """SIGTERM every process of the group, SIGKILL what is left after ``grace_s``."""
+    import signal
+
+    def alive() -> bool:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace_s
+    while alive() and time.monotonic() < deadline:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(-pgid, os.WNOHANG)  # reap our direct child
+        time.sleep(0.5)
+    if alive():
+        os.killpg(pgid, signal.SIGKILL)

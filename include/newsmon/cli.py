@@ -635,39 +635,15 @@ def airflow_standalone(
             except KeyboardInterrupt:
                 out.print("stopping Airflow ...", highlight=False)
             finally:
-                _stop_process_group(proc.pid)
+                from newsmon.airflow_cluster import stop_process_group
+
+                stop_process_group(proc.pid)
     except subprocess.CalledProcessError as exc:
         raise NewsmonError(f"{' '.join(map(str, exc.cmd[:3]))} failed with exit code {exc.returncode}") from exc
     finally:
         if embedded and not was_running:
             stop_embedded(pgdata)
             out.print("The embedded PostgreSQL was stopped.", highlight=False)
-
-
-def _stop_process_group(pgid: int, grace_s: float = 60.0) -> None:
-    """SIGTERM every process of the group, SIGKILL what is left after ``grace_s``."""
-    import contextlib
-    import signal
-    import time
-
-    def alive() -> bool:
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return False
-        return True
-
-    try:
-        os.killpg(pgid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + grace_s
-    while alive() and time.monotonic() < deadline:
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(-pgid, os.WNOHANG)  # reap our direct child
-        time.sleep(0.5)
-    if alive():
-        os.killpg(pgid, signal.SIGKILL)
 
 
 def main() -> None:
