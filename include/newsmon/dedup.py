@@ -39,7 +39,7 @@ def dedup_in_batch(articles: Sequence[Article]) -> tuple[list[Article], list[Dup
     by_hash: dict[str, int] = {}
     by_title: dict[str, int] = {}
     for a in articles:
-        tkey = title_key(a.source_domain, a.norm_title or normalize_text(a.title))
+        tkey = article_title_key(a)
         if a.url_key in by_url:
             dups.append(Duplicate(a, "url", primary=by_url[a.url_key]))
             continue
@@ -78,30 +78,56 @@ def title_key(source_domain: str, norm_title: str) -> str | None:
     return hashlib.sha256(f"{source_domain}|{' '.join(words)}".encode()).hexdigest()
 
 
-def split_known(conn: Connection, articles: Sequence[Article]) -> tuple[list[Article], list[Duplicate]]:
-    """Separate articles already in the warehouse (by either key) from new ones."""
+def article_title_key(a: Article) -> str | None:
+    return title_key(a.source_domain, a.norm_title or normalize_text(a.title))
+
+
+def stored_matches(conn: Connection, articles: Sequence[Article]) -> dict[int, tuple[int, int, str]]:
+    """Articles (by index) that share an exact key with a stored article: url_key,
+    content_hash, or source + normalised title within TITLE_WINDOW_DAYS.
+    index -> (article_id, cluster_id, kind); url beats content_hash beats title."""
     if not articles:
-        return [], []
+        return {}
     rows = conn.execute(
         sa.text(
-            """
-            SELECT article_id, cluster_id, url_key, content_hash FROM news.article_registry
-            WHERE url_key = ANY(:urls) OR content_hash = ANY(:hashes)
-            """
+            "SELECT article_id, cluster_id, url_key, content_hash FROM news.article_registry "
+            "WHERE url_key = ANY(:u) OR content_hash = ANY(:h)"
         ),
-        {"urls": [a.url_key for a in articles], "hashes": [a.content_hash for a in articles]},
+        {"u": [a.url_key for a in articles], "h": [a.content_hash for a in articles]},
     ).all()
-    by_url = {r.url_key: r for r in rows}
-    by_hash = {r.content_hash: r for r in rows}
-    new: list[Article] = []
-    known: list[Duplicate] = []
-    for a in articles:
-        if (r := by_url.get(a.url_key)) is not None:
-            known.append(Duplicate(a, "url", article_id=r.article_id, cluster_id=r.cluster_id))
-        elif (r := by_hash.get(a.content_hash)) is not None:
-            known.append(Duplicate(a, "content_hash", article_id=r.article_id, cluster_id=r.cluster_id))
-        else:
-            new.append(a)
+    by_url = {r.url_key: (r.article_id, r.cluster_id or r.article_id, "url") for r in rows}
+    by_hash = {r.content_hash: (r.article_id, r.cluster_id or r.article_id, "content_hash") for r in rows}
+    by_title: dict[int, tuple[int, int, str]] = {}
+    titled = [(i, k, a.published_at) for i, a in enumerate(articles) if (k := article_title_key(a)) and a.published_at]
+    if titled:
+        for r in conn.execute(
+            sa.text(
+                """
+                SELECT DISTINCT ON (q.i) q.i, r.article_id, r.cluster_id
+                FROM unnest(CAST(:idx AS int[]), CAST(:keys AS text[]), CAST(:ts AS timestamptz[])) AS q(i, k, ts)
+                JOIN news.article_registry r
+                  ON r.title_key = q.k AND r.published_at BETWEEN q.ts - make_interval(days => :w)
+                                                               AND q.ts + make_interval(days => :w)
+                ORDER BY q.i, r.article_id
+                """
+            ),
+            {"idx": [i for i, _, _ in titled], "keys": [k for _, k, _ in titled], "ts": [t for _, _, t in titled],
+             "w": TITLE_WINDOW_DAYS},
+        ):  # fmt: skip
+            by_title[r.i] = (r.article_id, r.cluster_id or r.article_id, "title")
+    out: dict[int, tuple[int, int, str]] = {}
+    for i, a in enumerate(articles):
+        hit = by_url.get(a.url_key) or by_hash.get(a.content_hash) or by_title.get(i)
+        if hit is not None:
+            out[i] = hit
+    return out
+
+
+def split_known(conn: Connection, articles: Sequence[Article]) -> tuple[list[Article], list[Duplicate]]:
+    """Separate articles already in the warehouse (any exact key) from new ones."""
+    stored = stored_matches(conn, articles)
+    new = [a for i, a in enumerate(articles) if i not in stored]
+    known = [Duplicate(a, stored[i][2], article_id=stored[i][0], cluster_id=stored[i][1]) for i, a in enumerate(articles) if i in stored]
     return new, known
 
 

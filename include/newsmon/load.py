@@ -19,13 +19,13 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from newsmon.dedup import (
-    TITLE_WINDOW_DAYS,
     Duplicate,
     Signature,
+    article_title_key,
     find_near_duplicates,
     is_copy,
     signature,
-    title_key,
+    stored_matches,
 )
 from newsmon.models import Article, Rejected
 from newsmon.normalize import normalize_text
@@ -121,47 +121,6 @@ _ARTICLE_COLUMNS = (
 _SIGHTING_COLUMNS = ("article_id", "cluster_id", "entry_id", "feed_id", "url", "source_domain", "match_kind", "similarity")
 
 
-def _existing_keys(conn: Connection, articles: Sequence[Article]) -> dict[str, tuple[int, int, str]]:
-    """Stored articles sharing an exact key with the batch: url_key, content_hash, or the
-    same source + normalised title within TITLE_WINDOW_DAYS. key -> (id, cluster, kind)."""
-    if not articles:
-        return {}
-    out: dict[str, tuple[int, int, str]] = {}
-    rows = conn.execute(
-        sa.text(
-            "SELECT article_id, cluster_id, url_key, content_hash FROM news.article_registry "
-            "WHERE url_key = ANY(:u) OR content_hash = ANY(:h)"
-        ),
-        {"u": [a.url_key for a in articles], "h": [a.content_hash for a in articles]},
-    ).all()
-    for r in rows:
-        out["u:" + r.url_key] = (r.article_id, r.cluster_id or r.article_id, "url")
-        out["h:" + r.content_hash] = (r.article_id, r.cluster_id or r.article_id, "content_hash")
-    titled = [(i, k, a.published_at) for i, a in enumerate(articles) if (k := _title_key(a)) and a.published_at]
-    if titled:
-        rows = conn.execute(
-            sa.text(
-                """
-                SELECT DISTINCT ON (q.i) q.i, r.article_id, r.cluster_id
-                FROM unnest(CAST(:idx AS int[]), CAST(:keys AS text[]), CAST(:ts AS timestamptz[])) AS q(i, k, ts)
-                JOIN news.article_registry r
-                  ON r.title_key = q.k AND r.published_at BETWEEN q.ts - make_interval(days => :w)
-                                                               AND q.ts + make_interval(days => :w)
-                ORDER BY q.i, r.article_id
-                """
-            ),
-            {"idx": [i for i, _, _ in titled], "keys": [k for _, k, _ in titled], "ts": [t for _, _, t in titled],
-             "w": TITLE_WINDOW_DAYS},
-        ).all()  # fmt: skip
-        for r in rows:
-            out[f"t:{r.i}"] = (r.article_id, r.cluster_id or r.article_id, "title")
-    return out
-
-
-def _title_key(a: Article) -> str | None:
-    return title_key(a.source_domain, a.norm_title or normalize_text(a.title))
-
-
 def load_batch(
     conn: Connection,
     passed: Sequence[Article],
@@ -181,9 +140,8 @@ def load_batch(
     # never create two clusters for one story. The lock is per transaction (released at commit).
     conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": CLUSTER_LOCK})
     sigs = [a.signature if isinstance(a.signature, Signature) else signature(a.norm_body or normalize_text(a.body)) for a in passed]
-    stored = _existing_keys(conn, passed)
-    exact = {i for i, a in enumerate(passed) if f"t:{i}" in stored or "u:" + a.url_key in stored or "h:" + a.content_hash in stored}
-    open_idx = [i for i in range(len(passed)) if i not in exact]  # only these need the near-duplicate index
+    stored = stored_matches(conn, passed)
+    open_idx = [i for i in range(len(passed)) if i not in stored]  # only these need the near-duplicate index
     near = {open_idx[j]: hit for j, hit in find_near_duplicates(conn, [sigs[i] for i in open_idx]).items()}
     sightings: list[tuple[Any, ...]] = []
     marks: list[tuple[Any, ...]] = []
@@ -199,7 +157,7 @@ def load_batch(
 
     pending_local: dict[int, tuple[int, float]] = {}  # copies of new articles of this batch
     for i, a in enumerate(passed):
-        hit = stored.get("u:" + a.url_key) or stored.get("h:" + a.content_hash) or stored.get(f"t:{i}")
+        hit = stored.get(i)
         if hit is not None:
             ids_by_index[i] = (hit[0], hit[1])
             sighting(a, hit[0], hit[1], hit[2], None)
@@ -237,7 +195,7 @@ def load_batch(
                 "u": [passed[i].url_key for i in fresh],
                 "h": [passed[i].content_hash for i in fresh],
                 "s": [passed[i].source_domain for i in fresh],
-                "t": [_title_key(passed[i]) for i in fresh],
+                "t": [article_title_key(passed[i]) for i in fresh],
                 "p": [passed[i].published_at for i in fresh],
             },
         ).all()
