@@ -38,6 +38,8 @@ alerts_app = typer.Typer(help="Alerts and health checks.", no_args_is_help=True)
 app.add_typer(quarantine_app, name="quarantine")
 app.add_typer(dq_app, name="dq")
 app.add_typer(alerts_app, name="alerts")
+search_app = typer.Typer(help="Full-text search (news.search).", no_args_is_help=True)
+app.add_typer(search_app, name="search")
 
 out = Console()
 err = Console(stderr=True)
@@ -497,6 +499,29 @@ def reprocess_cmd(
     out.print(t)
     for e in summary.errors[:10]:
         err.print(f"reprocess error: {e}", highlight=False, markup=False)
+
+
+# ---------------------------------------------------------------- search index
+
+
+@search_app.command("index")
+def search_index(
+    chunk: Annotated[int, typer.Option("--chunk", min=1, help="articles per transaction")] = 2000,
+    as_json: JsonOpt = False,
+) -> None:
+    """Fill the search vectors of articles not indexed yet (catch-up; each pass does it after loading)."""
+    from newsmon.db import upgrade, warehouse_errors
+    from newsmon.search import index_all
+
+    engine = _engine()
+    upgrade(engine)
+    with warehouse_errors("indexing search vectors"):
+        n = index_all(engine, chunk=chunk)
+    engine.dispose()
+    if as_json:
+        _print_json({"indexed": n})
+    else:
+        out.print(f"{n} article(s) indexed")
 
 
 # ---------------------------------------------------------------- feeds registry (issue 3)

@@ -30,6 +30,7 @@ from newsmon.load import load_batch
 from newsmon.models import Article, Feed, HttpResponse, PassSummary, PollOutcome, QueuedEntry, Rejected
 from newsmon.normalize import clean_url, content_hash, normalize_text, source_domain, url_key
 from newsmon.quality import record_dq_run, validate_articles
+from newsmon.search import index_after_load
 from newsmon.topics import Taxonomy, load_taxonomy, sync_topics
 
 log = logging.getLogger(__name__)
@@ -329,6 +330,10 @@ def process_entries(engine: Engine, settings: Settings, taxonomy: Taxonomy, entr
         dq_id = record_dq_run(conn, outcome) if new else None
         lr = load_batch(conn, outcome.passed, duplicates, rejected, dq_run_id=dq_id)
         record_fetches(conn, entries, pages, encodings=encodings, fetched_at=now)  # raw archive + attempts (issue 4)
+    # index stage: search vectors of the rows just loaded (and of any a failed run left),
+    # in their own transactions, off the load's critical path. Best effort: a failure is
+    # logged and the rows wait for the next pass; news.search still finds them meanwhile.
+    index_after_load(engine)
     # -- data quality (issue 6): batch expectations on per-feed stats; never sinks a loaded batch
     try:
         from newsmon.health import run_batch_expectations

@@ -24,6 +24,7 @@ from newsmon.dedup import Duplicate, dedup_in_batch, split_known
 from newsmon.load import load_batch
 from newsmon.models import Article, TopicMatch
 from newsmon.quality import record_dq_run, validate_articles
+from newsmon.search import index_after_load
 from newsmon.topics import Taxonomy, load_taxonomy
 
 log = logging.getLogger(__name__)
@@ -170,6 +171,8 @@ def replay(
             res.failing[rid] = list(rej.failed)
         res.loaded = len(lr.loaded)
         res.duplicates = lr.duplicates
+    if res.loaded:
+        index_after_load(engine)  # search vectors of the replayed rows, best effort
     log.info("quarantine replay considered=%d loaded=%d duplicates=%d still_failing=%d",
              res.considered, res.loaded, res.duplicates, res.still_failing)  # fmt: skip
     return res

@@ -23,6 +23,7 @@ from newsmon.archive import decompress_body
 from newsmon.load import _row
 from newsmon.models import Article, HttpResponse, QueuedEntry
 from newsmon.pipeline import build_article
+from newsmon.search import index_after_load
 from newsmon.topics import Taxonomy
 
 log = logging.getLogger(__name__)
@@ -105,6 +106,7 @@ def reprocess(
         if not rows:
             break
         after = rows[-1].entry_id
+        updated_before = summary.updated
         for r in rows:
             summary.pages += 1
             try:
@@ -126,6 +128,8 @@ def reprocess(
                 summary.updated += 1
                 if outcome == "topics":
                     summary.topic_changes += 1
+        if summary.updated > updated_before:
+            index_after_load(engine)  # rewritten rows have no search vector yet; best effort
     return summary
 
 
