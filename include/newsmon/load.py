@@ -8,6 +8,7 @@ job: ``ON CONFLICT`` everywhere, and a lost race on a dedup key becomes a sighti
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 from collections.abc import Sequence
@@ -27,7 +28,7 @@ from newsmon.dedup import (
     signature,
     stored_matches,
 )
-from newsmon.models import Article, Rejected
+from newsmon.models import Article, Rejected, TopicMatch
 from newsmon.normalize import normalize_text
 
 log = logging.getLogger(__name__)
@@ -99,15 +100,49 @@ def _row(a: Article, article_id: int, cluster_id: int, topic: str, score: float 
     }
 
 
-def _execute_values(conn: Connection, sql: str, rows: Sequence[tuple[Any, ...]], template: str | None = None) -> None:
-    """Multi-row statement through psycopg2's execute_values, in the caller's transaction."""
-    if not rows:
-        return
-    from psycopg2.extras import execute_values
+# COPY text format (https://www.postgresql.org/docs/current/sql-copy.html): backslash, tab,
+# newline and carriage return are escaped, NULL is \N. str.replace is C-speed; str.translate
+# with a table is not.
+def _copy_text(v: str) -> str:
+    if "\\" in v:
+        v = v.replace("\\", "\\\\")
+    return v.replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
 
+
+def _copy_field(v: Any) -> str:
+    if v is None:
+        return "\\N"
+    if isinstance(v, str):
+        return _copy_text(v)
+    if isinstance(v, (list, tuple)):
+        if all(isinstance(x, int) for x in v):
+            return "{" + ",".join(map(str, v)) + "}"
+        # array literal of text elements, every element quoted
+        return _copy_text("{" + ",".join('"' + str(x).replace("\\", "\\\\").replace('"', '\\"') + '"' for x in v) + "}")
+    if isinstance(v, datetime):
+        return v.isoformat()
+    return str(v)
+
+
+def copy_rows(conn: Connection, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """``COPY table (columns) FROM STDIN`` in the caller's transaction: the fastest way into
+    PostgreSQL, used where a conflict is impossible (fresh ids allocated in this transaction)."""
+    copy_lines(conn, table, columns, ["\t".join(_copy_field(v) for v in r) + "\n" for r in rows])
+
+
+def copy_lines(conn: Connection, table: str, columns: Sequence[str], lines: Sequence[str]) -> None:
+    """COPY already formatted lines (see ``_copy_field``). Driver errors come out as
+    SQLAlchemy's, like every other statement's (``db.warehouse_errors`` handles them)."""
+    if not lines:
+        return
+    import psycopg2
+
+    statement = f"COPY {table} ({', '.join(columns)}) FROM STDIN"
     cur = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
     try:
-        execute_values(cur, sql, rows, template=template, page_size=1000)
+        cur.copy_expert(statement, io.StringIO("".join(lines)), size=1 << 20)
+    except psycopg2.Error as exc:
+        raise sa.exc.DBAPIError.instance(statement, None, exc, psycopg2.Error) from exc
     finally:
         cur.close()
 
@@ -119,6 +154,20 @@ _ARTICLE_COLUMNS = (
     "encoding",
 )  # fmt: skip
 _SIGHTING_COLUMNS = ("article_id", "cluster_id", "entry_id", "feed_id", "url", "source_domain", "match_kind", "similarity")
+_TOPIC_FIELDS = tuple(_ARTICLE_COLUMNS.index(c) for c in ("topic", "matched_terms", "topic_score"))
+
+
+def article_copy_lines(a: Article, article_id: int) -> list[str]:
+    """COPY lines of an article's topic rows (cluster = the article itself). The fields the
+    rows share, the body above all, are escaped once, not once per topic."""
+    row = _row(a, article_id, article_id, "", None, ())
+    fields = [_copy_field(row[c]) for c in _ARTICLE_COLUMNS]
+    lines = []
+    i_topic, i_terms, i_score = _TOPIC_FIELDS
+    for t in a.topics or [TopicMatch("unclassified", None, ())]:  # type: ignore[arg-type]
+        fields[i_topic], fields[i_terms], fields[i_score] = _copy_text(t.slug), _copy_field(list(t.terms)), _copy_field(t.score)
+        lines.append("\t".join(fields) + "\n")
+    return lines
 
 
 def load_batch(
@@ -181,35 +230,43 @@ def load_batch(
             local_bands.setdefault(band, []).append(i)
 
     if fresh:
-        rows = conn.execute(
-            sa.text(
-                """
-                INSERT INTO news.article_registry (url_key, content_hash, source_domain, title_key, published_at)
-                SELECT u, h, s, t, p FROM unnest(CAST(:u AS text[]), CAST(:h AS text[]), CAST(:s AS text[]),
-                                                 CAST(:t AS text[]), CAST(:p AS timestamptz[])) AS x(u, h, s, t, p)
-                ON CONFLICT DO NOTHING
-                RETURNING article_id, url_key
-                """
-            ),
-            {
-                "u": [passed[i].url_key for i in fresh],
-                "h": [passed[i].content_hash for i in fresh],
-                "s": [passed[i].source_domain for i in fresh],
-                "t": [article_title_key(passed[i]) for i in fresh],
-                "p": [passed[i].published_at for i in fresh],
-            },
-        ).all()
-        id_by_key = {r.url_key: r.article_id for r in rows}
-        conn.execute(
-            sa.text("UPDATE news.article_registry SET cluster_id = article_id WHERE article_id = ANY(:ids)"),
-            {"ids": list(id_by_key.values())},
+        # Ids come from the sequence first, so the registry row is born with its cluster
+        # (cluster_id = article_id) and every other row can be written with COPY: an id
+        # allocated in this transaction cannot conflict with anything.
+        new_ids = [
+            r[0]
+            for r in conn.execute(
+                sa.text("SELECT nextval('news.article_registry_article_id_seq') FROM generate_series(1, :n)"), {"n": len(fresh)}
+            )
+        ]
+        inserted = set(
+            conn.execute(
+                sa.text(
+                    """
+                    INSERT INTO news.article_registry (article_id, cluster_id, url_key, content_hash, source_domain,
+                                                       title_key, published_at)
+                    SELECT i, i, u, h, s, t, p
+                    FROM unnest(CAST(:i AS bigint[]), CAST(:u AS text[]), CAST(:h AS text[]), CAST(:s AS text[]),
+                                CAST(:t AS text[]), CAST(:p AS timestamptz[])) AS x(i, u, h, s, t, p)
+                    ON CONFLICT DO NOTHING
+                    RETURNING article_id
+                    """
+                ),
+                {
+                    "i": new_ids,
+                    "u": [passed[i].url_key for i in fresh],
+                    "h": [passed[i].content_hash for i in fresh],
+                    "s": [passed[i].source_domain for i in fresh],
+                    "t": [article_title_key(passed[i]) for i in fresh],
+                    "p": [passed[i].published_at for i in fresh],
+                },
+            ).scalars()
         )
         band_rows: list[tuple[int, list[int]]] = []
-        article_rows: list[tuple[Any, ...]] = []
-        for i in fresh:
+        article_lines: list[str] = []
+        for i, new_id in zip(fresh, new_ids, strict=True):
             a = passed[i]
-            new_id = id_by_key.get(a.url_key)
-            if new_id is None:  # duplicate keys inside the batch that dedup_in_batch did not see
+            if new_id not in inserted:  # duplicate keys inside the batch that dedup_in_batch did not see
                 found = conn.execute(_FIND_REGISTRY, {"url_key": a.url_key, "content_hash": a.content_hash}).one()
                 ids_by_index[i] = (found.article_id, found.cluster_id or found.article_id)
                 sighting(a, found.article_id, found.cluster_id or found.article_id, "url", None)
@@ -217,24 +274,14 @@ def load_batch(
             ids_by_index[i] = (new_id, new_id)
             if sigs[i].bands:
                 band_rows.append((new_id, list(sigs[i].bands)))
-            for slug, score, terms in [(t.slug, t.score, t.terms) for t in a.topics] or [("unclassified", None, ())]:
-                row = _row(a, new_id, new_id, slug, score, terms)
-                article_rows.append(tuple(row[c] for c in _ARTICLE_COLUMNS))
+            article_lines += article_copy_lines(a, new_id)
             sightings.append((new_id, new_id, a.entry_id, a.feed_id, a.url, a.source_domain, "first", 1.0))
             marks.append((a.entry_id, "loaded", new_id, None))
             result.loaded.append((new_id, a))
             for slug in a.topic_slugs:
                 result.per_topic[slug] = result.per_topic.get(slug, 0) + 1
-        _execute_values(
-            conn,
-            "INSERT INTO news.lsh_signatures (article_id, bands) VALUES %s ON CONFLICT DO NOTHING",
-            band_rows,
-        )
-        _execute_values(
-            conn,
-            f"INSERT INTO news.articles ({', '.join(_ARTICLE_COLUMNS)}) VALUES %s ON CONFLICT (topic, article_id) DO NOTHING",
-            article_rows,
-        )
+        copy_rows(conn, "news.lsh_signatures", ("article_id", "bands"), band_rows)
+        copy_lines(conn, "news.articles", _ARTICLE_COLUMNS, article_lines)
     for i, (j, sim) in pending_local.items():
         aid, cid = ids_by_index[j]
         ids_by_index[i] = (aid, cid)
@@ -265,20 +312,32 @@ def load_batch(
         marks.append((r.article.entry_id, "quarantined", None, r.reason[:500]))
         result.quarantined += 1
 
-    _execute_values(
-        conn,
-        f"INSERT INTO news.article_sightings ({', '.join(_SIGHTING_COLUMNS)}) VALUES %s ON CONFLICT (article_id, url) DO NOTHING",
-        sightings,
-    )
-    _execute_values(
-        conn,
-        """
-        UPDATE news.feed_entries e SET status = v.status, article_id = v.article_id, processed_at = now(),
-            claimed_until = NULL, last_error = v.error
-        FROM (VALUES %s) AS v(entry_id, status, article_id, error)
-        WHERE e.entry_id = v.entry_id
-        """,
-        [m for m in marks if m[0] is not None],
-        template="(%s::bigint, %s::text, %s::bigint, %s::text)",
-    )
+    if sightings:
+        cols = list(zip(*sightings, strict=True))
+        conn.execute(
+            sa.text(
+                f"""
+                INSERT INTO news.article_sightings ({', '.join(_SIGHTING_COLUMNS)})
+                SELECT * FROM unnest(CAST(:a AS bigint[]), CAST(:c AS bigint[]), CAST(:e AS bigint[]), CAST(:f AS bigint[]),
+                                     CAST(:u AS text[]), CAST(:s AS text[]), CAST(:k AS text[]), CAST(:m AS real[]))
+                ON CONFLICT (article_id, url) DO NOTHING
+                """
+            ),
+            dict(zip("acefuskm", map(list, cols), strict=True)),
+        )
+    marks = [m for m in marks if m[0] is not None]
+    if marks:
+        cols = list(zip(*marks, strict=True))
+        conn.execute(
+            sa.text(
+                """
+                UPDATE news.feed_entries e SET status = v.status, article_id = v.article_id, processed_at = now(),
+                    claimed_until = NULL, last_error = v.error
+                FROM unnest(CAST(:e AS bigint[]), CAST(:s AS text[]), CAST(:a AS bigint[]), CAST(:r AS text[]))
+                     AS v(entry_id, status, article_id, error)
+                WHERE e.entry_id = v.entry_id
+                """
+            ),
+            dict(zip("esar", map(list, cols), strict=True)),
+        )
     return result

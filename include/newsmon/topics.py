@@ -262,7 +262,7 @@ def sync_topics(conn: Connection, taxonomy: Taxonomy) -> list[str]:
         conn.execute(sa.text("SELECT pg_advisory_xact_lock(72850002)"))
         if conn.execute(sa.text("SELECT to_regclass(:n)"), {"n": f"news.{name}"}).scalar():
             continue
-        conn.exec_driver_sql(f"CREATE TABLE news.{name} (LIKE news.articles INCLUDING DEFAULTS INCLUDING CONSTRAINTS)")
+        conn.exec_driver_sql(f"CREATE TABLE news.{name} (LIKE news.articles INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING STORAGE INCLUDING COMPRESSION)")
         conn.exec_driver_sql(
             f"WITH moved AS (DELETE FROM news.articles_unclassified WHERE topic = %(slug)s RETURNING *) "
             f"INSERT INTO news.{name} SELECT * FROM moved",
