@@ -8,7 +8,7 @@ from __future__ import annotations
 import statistics
 import time
 
-from newsmon.dedup import BANDS, find_near_duplicates
+from newsmon.dedup import BANDS_FULL, BANDS_LEAD, find_near_duplicates
 from newsmon.load import load_batch
 
 from benchmarks._articles import make_articles
@@ -31,7 +31,7 @@ def _grow_to(engine, n: int) -> None:
         c.exec_driver_sql("DROP INDEX IF EXISTS news.lsh_signatures_bands_idx")
         c.exec_driver_sql(
             f"""INSERT INTO news.lsh_signatures (article_id, bands)
-                SELECT g, ARRAY(SELECT (random() * 9.2e18)::bigint + 0 * g FROM generate_series(1, {2 * BANDS}))
+                SELECT g, ARRAY(SELECT (random() * 9.2e18)::bigint + 0 * g FROM generate_series(1, {BANDS_FULL + BANDS_LEAD}))
                 FROM generate_series({have + 1}, {n}) g"""
         )
         c.exec_driver_sql("CREATE INDEX lsh_signatures_bands_idx ON news.lsh_signatures USING gin (bands) WITH (fastupdate = off)")
@@ -72,6 +72,6 @@ def run() -> dict:
     return {
         "title": "Near-duplicate lookup cost vs store size",
         "rows": rows,
-        "notes": f"One lookup = GIN probe of the LSH band index ({BANDS} bands x 2 signatures per article) + verification. "
+        "notes": f"One lookup = GIN probe of the LSH band index ({BANDS_FULL} + {BANDS_LEAD} band hashes per article) + verification. "
         f"Band index at 1M articles: {size}. p50 ratio 1M/10k = {big['p50_ms'] / small['p50_ms']:.2f}.",
     }

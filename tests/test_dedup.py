@@ -195,3 +195,38 @@ def test_same_title_in_one_batch():
 def kinds_of(engine) -> dict[str, str]:
     with engine.connect() as c:
         return dict(c.execute(sa.text("SELECT url, match_kind FROM news.article_sightings")).all())
+
+
+def test_band_hashes_are_a_prefix_of_the_first_scheme():
+    """Signatures stored by the 42 + 42 band scheme stay valid: today's band hashes are
+    among the ones it stored (same permutations, kinds and band numbers)."""
+    from datasketch import MinHash
+    from newsmon.dedup import (
+        BANDS_FULL,
+        BANDS_LEAD,
+        KIND_FULL,
+        KIND_LEAD,
+        LEAD_SHINGLES,
+        _band_hashes,
+        shingles,
+    )
+
+    text = normalize_text(_story(3))
+    sh = [s.encode("utf-8") for s in shingles(text)]
+    old_full, old_lead = MinHash(num_perm=126), MinHash(num_perm=126)
+    old_full.update_batch(sh)
+    old_lead.update_batch(sh[:LEAD_SHINGLES])
+    old = _band_hashes(old_full.hashvalues.tolist(), KIND_FULL) + _band_hashes(old_lead.hashvalues.tolist(), KIND_LEAD)
+    new = signature(text).bands
+    assert len(old) == 84 and len(new) == BANDS_FULL + BANDS_LEAD
+    assert set(new) <= set(old)
+    assert new == tuple(old[:BANDS_FULL] + old[42 : 42 + BANDS_LEAD])
+
+
+def test_copy_cut_to_its_first_paragraphs_is_found_by_the_lead_signature():
+    paragraphs = [f"الفقرة رقم {i} تتحدث عن تطورات الوضع الميداني في ريف المحافظة الشمالي وتفاصيل الاجتماع {i * 7}" for i in range(20)]
+    full, cut = signature(normalize_text("\n".join(paragraphs))), signature(normalize_text("\n".join(paragraphs[:4])))
+    from newsmon.dedup import BANDS_FULL
+
+    assert set(full.bands[BANDS_FULL:]) & set(cut.bands[BANDS_FULL:])  # the lead bands match
+    assert is_copy(full, cut)[0]
