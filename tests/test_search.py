@@ -246,3 +246,15 @@ def test_reprocess_indexes_the_rows_it_rewrites(settings, engine, sample_server)
         )).scalar_one()  # fmt: skip
         assert stale == 0
         assert aid not in [a for a, _ in _search(c, '"old title"')]
+
+
+def test_parallel_workers_index_every_article_exactly_once(engine, corpus):
+    with engine.begin() as c:
+        extra = [_add(c, f"bulk{i}", ["syria", "idlib"] if i % 2 else ["russia"], lang="ar" if i % 3 else "en",
+                      title=f"{AR_TITLE} {i}", body=f"{AR_BODY} {EN_BODY} {i}") for i in range(60)]  # fmt: skip
+    # an article whose topic rows the two workers split is counted by both: at least all of them
+    assert index_all(engine, chunk=5, workers=2) >= len(extra) + len(corpus)
+    with engine.connect() as c:
+        assert _pending(c) == 0
+        assert _indexed_ids(c) == set(extra) | set(corpus.values())
+    assert index_all(engine, workers=2) == 0

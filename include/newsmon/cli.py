@@ -507,6 +507,7 @@ def reprocess_cmd(
 @search_app.command("index")
 def search_index(
     chunk: Annotated[int, typer.Option("--chunk", min=1, help="articles per transaction")] = 2000,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="parallel connections (server cores)")] = 2,
     as_json: JsonOpt = False,
 ) -> None:
     """Fill the search vectors of articles not indexed yet (catch-up; each pass does it after loading)."""
@@ -516,7 +517,7 @@ def search_index(
     engine = _engine()
     upgrade(engine)
     with warehouse_errors("indexing search vectors"):
-        n = index_all(engine, chunk=chunk)
+        n = index_all(engine, chunk=chunk, workers=workers)
     engine.dispose()
     if as_json:
         _print_json({"indexed": n})

@@ -15,11 +15,14 @@ other.
 from __future__ import annotations
 
 import logging
+import os
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 log = logging.getLogger(__name__)
+
+DEFAULT_WORKERS = min(2, os.cpu_count() or 1)
 
 # ids:   up to :limit pending rows, locked, lowest article ids first (the queue is the
 #        partial index articles_search_pending_idx); rows other workers hold are skipped
@@ -66,19 +69,32 @@ def index_pending(conn: Connection, *, limit: int = 2000) -> int:
     return int(conn.execute(_INDEX_PENDING, {"limit": limit}).scalar_one())
 
 
-def index_all(engine: Engine, *, chunk: int = 2000) -> int:
+def index_all(engine: Engine, *, chunk: int = 2000, workers: int = DEFAULT_WORKERS) -> int:
     """Index every pending article, ``chunk`` articles per transaction; returns the count.
 
     Short transactions keep row locks brief (a reprocess or reclassify of the same rows
-    waits at most one chunk). Stops when a round finds nothing it can take.
+    waits at most one chunk). Each worker stops when a round finds nothing it can take.
+    The work is stemming inside PostgreSQL, so ``workers`` connections (SKIP LOCKED splits
+    the rows) use that many server cores; the Python threads only wait. With several
+    workers the count is an upper bound: an article whose topic rows two workers split is
+    counted by both (its vector is computed twice, written once per row).
     """
-    total = 0
-    while True:
-        with engine.begin() as conn:
-            n = index_pending(conn, limit=chunk)
-        total += n
-        if n == 0:
-            return total
+
+    def drain() -> int:
+        total = 0
+        while True:
+            with engine.begin() as conn:
+                n = index_pending(conn, limit=chunk)
+            total += n
+            if n == 0:
+                return total
+
+    if workers <= 1:
+        return drain()
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="newsmon-index") as pool:
+        return sum(f.result() for f in [pool.submit(drain) for _ in range(workers)])
 
 
 def index_after_load(engine: Engine) -> int:
