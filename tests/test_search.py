@@ -258,3 +258,16 @@ def test_parallel_workers_index_every_article_exactly_once(engine, corpus):
         assert _pending(c) == 0
         assert _indexed_ids(c) == set(extra) | set(corpus.values())
     assert index_all(engine, workers=2) == 0
+
+
+def test_editing_the_text_in_place_drops_the_stale_vector(engine, corpus):
+    index_all(engine)
+    with engine.begin() as c:
+        c.execute(sa.text("UPDATE news.articles SET title = 'Talks in Ankara', body = 'Delegations met in Ankara.' WHERE article_id = :a"), {"a": corpus["x"]})
+        c.execute(sa.text("UPDATE news.articles SET topic_score = 9 WHERE article_id = :a"), {"a": corpus["en"]})
+        assert _pending(c) == 1  # the edited row only: a score change keeps the vector
+        assert corpus["x"] not in [aid for aid, _ in _search(c, "Moscow")]
+        assert corpus["x"] in [aid for aid, _ in _search(c, "Ankara")]  # found through the fallback meanwhile
+    assert index_all(engine) == 1
+    with engine.connect() as c:
+        assert _pending(c) == 0 and corpus["x"] in [aid for aid, _ in _search(c, "Ankara")]
