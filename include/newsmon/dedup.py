@@ -256,7 +256,8 @@ def find_near_duplicates(conn: Connection, sigs: Sequence[Signature]) -> dict[in
     if not cand:
         return {}
     bodies = {
-        r.article_id: (r.cluster_id or r.article_id, signature(normalize_text(r.body)))
+        # verification needs the shingle set only, not a MinHash of it
+        r.article_id: (r.cluster_id or r.article_id, Signature(frozenset(shingles(normalize_text(r.body))), ()))
         for r in conn.execute(
             sa.text(
                 """

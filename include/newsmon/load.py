@@ -3,7 +3,10 @@
 Articles, their topic rows, sightings of copies, quarantined rows and the status of
 the feed entries they came from all commit together, so a retried batch either finds
 its work done (and inserts nothing) or does all of it. Uniqueness is the database's
-job: ``ON CONFLICT`` everywhere, and a lost race on a dedup key becomes a sighting.
+job: the registry insert is ``ON CONFLICT DO NOTHING`` and a lost race on a dedup key
+becomes a sighting. Everything keyed by a freshly allocated article id (topic rows, band
+hashes) goes in with ``COPY``, which cannot conflict. Search vectors are not written here
+but by the index stage (``newsmon.search``) right after the commit.
 """
 
 from __future__ import annotations
@@ -127,7 +130,7 @@ def _copy_field(v: Any) -> str:
 def copy_rows(conn: Connection, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     """``COPY table (columns) FROM STDIN`` in the caller's transaction: the fastest way into
     PostgreSQL, used where a conflict is impossible (fresh ids allocated in this transaction)."""
-    copy_lines(conn, table, columns, ["\t".join(_copy_field(v) for v in r) + "\n" for r in rows])
+    copy_lines(conn, table, columns, ["\t".join(map(_copy_field, r)) + "\n" for r in rows])
 
 
 def copy_lines(conn: Connection, table: str, columns: Sequence[str], lines: Sequence[str]) -> None:
@@ -280,7 +283,7 @@ def load_batch(
             result.loaded.append((new_id, a))
             for slug in a.topic_slugs:
                 result.per_topic[slug] = result.per_topic.get(slug, 0) + 1
-        copy_rows(conn, "news.lsh_signatures", ("article_id", "bands"), band_rows)
+        copy_lines(conn, "news.lsh_signatures", ("article_id", "bands"), [f"{aid}\t{{{','.join(map(str, b))}}}\n" for aid, b in band_rows])
         copy_lines(conn, "news.articles", _ARTICLE_COLUMNS, article_lines)
     for i, (j, sim) in pending_local.items():
         aid, cid = ids_by_index[j]
