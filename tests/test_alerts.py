@@ -448,3 +448,24 @@ def test_cli_alerts_check_and_list(engine, settings, tmp_path, monkeypatch, webh
     monkeypatch.setenv("COLUMNS", "250")
     table = CliRunner().invoke(cli.app, ["alerts", "list"], catch_exceptions=False)
     assert table.exit_code == 0 and "feed:broken" in table.output and WEBHOOK_TOKEN not in table.output
+
+
+def test_search_index_lag_alerts_until_the_index_stage_catches_up(engine, config, webhook):
+    from newsmon.health import check_search
+    from newsmon.search import index_all
+
+    now = datetime.now(UTC)
+    with engine.begin() as c:
+        # article 2 has two topic rows; article 1 was loaded 5 minutes ago (within the allowed lag)
+        for n, topic, age in ((1, "a", 5), (2, "a", 90), (2, "b", 90), (3, "a", 240)):
+            c.execute(sa.text(
+                "INSERT INTO news.articles (article_id, topic, url, canonical_url, url_key, source_domain, content_hash, "
+                "title, body, lang, loaded_at) VALUES (:id, :t, 'u', 'u', 'u', 'd', 'h', 'Talks', 'Delegations met.', 'en', :at)"),
+                {"id": n, "t": topic, "at": now - timedelta(minutes=age)})  # fmt: skip
+    rep = check_search(engine, config, now=now)
+    (f,) = rep.findings
+    assert (f.kind, f.subject, f.payload["articles"]) == ("search_index_lag", "news.articles", 2)  # not the 5-minute-old one
+    assert rep.raised[0].sent_to and "search vector" in webhook.posts[-1]["text"]
+    assert index_all(engine, workers=1) == 3
+    later = check_search(engine, config, now=now + timedelta(minutes=1))
+    assert not later.findings and later.resolved == ["search_index_lag:news.articles"]

@@ -78,6 +78,7 @@ class Thresholds(_Strict):
     validation_window_hours: float = Field(default=6, gt=0)
     fallback_share_max: float = Field(default=0.6, ge=0, le=1)
     quarantined_share_max: float = Field(default=0.3, ge=0, le=1)
+    search_lag_minutes: float = Field(default=30, gt=0)
 
 
 

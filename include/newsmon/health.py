@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 FEED_KINDS = ("feed_down", "feed_stale")
 VOLUME_KINDS = ("volume_drop", "volume_spike")
 VALIDATION_KINDS = ("validation_failure", "batch_expectation")
+SEARCH_KINDS = ("search_index_lag",)
 
 
 @dataclass(frozen=True)
@@ -271,6 +272,37 @@ def check_validation(engine: Engine, config: AlertsConfig, *, now: datetime | No
     return reconcile(engine, config, VALIDATION_KINDS, findings, now)
 
 
+# ---------------------------------------------------------------- search index stage
+
+
+def search_findings(conn: Connection, t: Thresholds, now: datetime) -> list[Finding]:
+    """Rows the index stage (newsmon.search) has not reached long after their load: it keeps
+    failing or is not running. Search still finds them, but by computing every vector per
+    query, which gets slow as the backlog grows."""
+    row = conn.execute(
+        sa.text(
+            """
+            SELECT count(DISTINCT article_id) AS articles, min(loaded_at) AS oldest
+            FROM news.articles WHERE search_tsv IS NULL AND loaded_at < :cutoff
+            """
+        ),
+        {"cutoff": now - timedelta(minutes=t.search_lag_minutes)},
+    ).one()
+    if not row.articles:
+        return []
+    return [Finding("search_index_lag", "news.articles", "warning",
+                    f"{row.articles} article(s) loaded more than {t.search_lag_minutes:g} min ago have no search vector "
+                    f"(oldest loaded {row.oldest:%Y-%m-%d %H:%M} UTC); run `newsmon search index` and check the process logs",
+                    {"articles": row.articles, "oldest_loaded_at": row.oldest.isoformat()})]  # fmt: skip
+
+
+def check_search(engine: Engine, config: AlertsConfig, *, now: datetime | None = None) -> CheckReport:
+    now = now or datetime.now(UTC)
+    with engine.connect() as conn:
+        findings = search_findings(conn, config.thresholds, now)
+    return reconcile(engine, config, SEARCH_KINDS, findings, now)
+
+
 def run_checks(
     engine: Engine, settings: Settings, *, config: AlertsConfig | None = None, now: datetime | None = None,
     window: timedelta | None = None,
@@ -285,6 +317,7 @@ def run_checks(
         "feeds": check_feeds(engine, config, now=now),
         "volumes": check_volumes(engine, config, now=now),
         "validation": check_validation(engine, config, now=now),
+        "search": check_search(engine, config, now=now),
     }
 
 
