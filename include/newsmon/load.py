@@ -127,15 +127,11 @@ def _copy_field(v: Any) -> str:
     return str(v)
 
 
-def copy_rows(conn: Connection, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    """``COPY table (columns) FROM STDIN`` in the caller's transaction: the fastest way into
-    PostgreSQL, used where a conflict is impossible (fresh ids allocated in this transaction)."""
-    copy_lines(conn, table, columns, ["\t".join(map(_copy_field, r)) + "\n" for r in rows])
-
-
 def copy_lines(conn: Connection, table: str, columns: Sequence[str], lines: Sequence[str]) -> None:
-    """COPY already formatted lines (see ``_copy_field``). Driver errors come out as
-    SQLAlchemy's, like every other statement's (``db.warehouse_errors`` handles them)."""
+    """``COPY table (columns) FROM STDIN`` of lines formatted with ``_copy_field``, in the
+    caller's transaction: the fastest way into PostgreSQL, used where a conflict is
+    impossible (ids allocated in this transaction). Driver errors come out as SQLAlchemy's,
+    like every other statement's (``db.warehouse_errors`` handles them)."""
     if not lines:
         return
     import psycopg2
