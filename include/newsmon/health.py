@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
@@ -86,6 +86,17 @@ def reconcile(
     return report
 
 
+def _check(
+    engine: Engine, config: AlertsConfig, kinds: Sequence[str],
+    findings: Callable[[Connection, Thresholds, datetime], list[Finding]], now: datetime | None,
+) -> CheckReport:  # fmt: skip
+    """One check: compute its findings now, then raise and resolve alerts of its kinds."""
+    now = now or datetime.now(UTC)
+    with engine.connect() as conn:
+        found = findings(conn, config.thresholds, now)
+    return reconcile(engine, config, kinds, found, now)
+
+
 # ---------------------------------------------------------------- feeds
 
 
@@ -144,10 +155,7 @@ def usual_interval_s(times: Sequence[datetime]) -> float | None:
 
 
 def check_feeds(engine: Engine, config: AlertsConfig, *, now: datetime | None = None) -> CheckReport:
-    now = now or datetime.now(UTC)
-    with engine.connect() as conn:
-        findings = feed_findings(conn, config.thresholds, now)
-    return reconcile(engine, config, FEED_KINDS, findings, now)
+    return _check(engine, config, FEED_KINDS, feed_findings, now)
 
 
 # ---------------------------------------------------------------- volumes
@@ -225,10 +233,7 @@ def volume_findings(conn: Connection, t: Thresholds, now: datetime) -> list[Find
 
 
 def check_volumes(engine: Engine, config: AlertsConfig, *, now: datetime | None = None) -> CheckReport:
-    now = now or datetime.now(UTC)
-    with engine.connect() as conn:
-        findings = volume_findings(conn, config.thresholds, now)
-    return reconcile(engine, config, VOLUME_KINDS, findings, now)
+    return _check(engine, config, VOLUME_KINDS, volume_findings, now)
 
 
 # ---------------------------------------------------------------- validation
@@ -266,10 +271,7 @@ def validation_findings(conn: Connection, t: Thresholds, now: datetime) -> list[
 
 
 def check_validation(engine: Engine, config: AlertsConfig, *, now: datetime | None = None) -> CheckReport:
-    now = now or datetime.now(UTC)
-    with engine.connect() as conn:
-        findings = validation_findings(conn, config.thresholds, now)
-    return reconcile(engine, config, VALIDATION_KINDS, findings, now)
+    return _check(engine, config, VALIDATION_KINDS, validation_findings, now)
 
 
 # ---------------------------------------------------------------- search index stage
@@ -297,10 +299,7 @@ def search_findings(conn: Connection, t: Thresholds, now: datetime) -> list[Find
 
 
 def check_search(engine: Engine, config: AlertsConfig, *, now: datetime | None = None) -> CheckReport:
-    now = now or datetime.now(UTC)
-    with engine.connect() as conn:
-        findings = search_findings(conn, config.thresholds, now)
-    return reconcile(engine, config, SEARCH_KINDS, findings, now)
+    return _check(engine, config, SEARCH_KINDS, search_findings, now)
 
 
 def run_checks(
