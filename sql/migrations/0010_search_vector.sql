@@ -46,26 +46,41 @@ CREATE INDEX articles_search_idx ON news.articles USING gin (search_tsv);
 -- finding work and the search fallback are index probes, never scans of the partitions.
 CREATE INDEX articles_search_pending_idx ON news.articles (article_id) WHERE search_tsv IS NULL;
 
--- Same signature and columns as 0004 (grants are kept by CREATE OR REPLACE). Indexed rows
--- match on search_tsv (GIN); rows the index stage has not reached yet match on the vector
--- computed on the fly, found through articles_search_pending_idx. Query syntax is
--- websearch_to_tsquery's: words, "quoted phrases", OR, -exclusions.
+-- Whether an article row matches a websearch query, and how well: the one definition used
+-- by news.search and news.search_topic (0013). Indexed rows match on search_tsv (GIN) with
+-- the row's own configuration; rows the index stage has not reached yet match on the vector
+-- computed on the fly, found through articles_search_pending_idx. Plain SQL expressions, so
+-- the planner inlines them and still sees `search_tsv @@ <constant query>` for the GIN.
+CREATE FUNCTION news.article_matches(tsv tsvector, lang text, title text, body text, q text)
+RETURNS boolean
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT (lang = 'ar' AND tsv @@ websearch_to_tsquery('arabic'::regconfig, q))
+        OR (lang IS DISTINCT FROM 'ar' AND tsv @@ websearch_to_tsquery('english'::regconfig, q))
+        OR (tsv IS NULL
+            AND news.article_tsvector(lang, title, body)
+                @@ CASE WHEN lang = 'ar' THEN websearch_to_tsquery('arabic'::regconfig, q)
+                        ELSE websearch_to_tsquery('english'::regconfig, q) END)
+$$;
+
+CREATE FUNCTION news.article_rank(tsv tsvector, lang text, title text, body text, q text)
+RETURNS real
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT ts_rank(coalesce(tsv, news.article_tsvector(lang, title, body)),
+                   CASE WHEN lang = 'ar' THEN websearch_to_tsquery('arabic'::regconfig, q)
+                        ELSE websearch_to_tsquery('english'::regconfig, q) END)
+$$;
+
+-- Same signature and columns as 0004 (grants are kept by CREATE OR REPLACE). Query syntax
+-- is websearch_to_tsquery's: words, "quoted phrases", OR, -exclusions.
 CREATE OR REPLACE FUNCTION news.search(q text, max_rows integer DEFAULT 50)
 RETURNS TABLE (article_id bigint, topics text[], title text, url text, source_domain text,
                lang text, published_at timestamptz, rank real)
 LANGUAGE sql STABLE AS $$
     SELECT a.article_id, array_agg(a.topic ORDER BY a.topic), min(a.title), min(a.url), min(a.source_domain),
            min(a.lang), min(a.published_at),
-           max(ts_rank(coalesce(a.search_tsv, news.article_tsvector(a.lang, a.title, a.body)),
-                       CASE WHEN a.lang = 'ar' THEN websearch_to_tsquery('arabic'::regconfig, q)
-                            ELSE websearch_to_tsquery('english'::regconfig, q) END)) AS rank
+           max(news.article_rank(a.search_tsv, a.lang, a.title, a.body, q)) AS rank
     FROM news.articles a
-    WHERE (a.lang = 'ar' AND a.search_tsv @@ websearch_to_tsquery('arabic'::regconfig, q))
-       OR (a.lang IS DISTINCT FROM 'ar' AND a.search_tsv @@ websearch_to_tsquery('english'::regconfig, q))
-       OR (a.search_tsv IS NULL
-           AND news.article_tsvector(a.lang, a.title, a.body)
-               @@ CASE WHEN a.lang = 'ar' THEN websearch_to_tsquery('arabic'::regconfig, q)
-                       ELSE websearch_to_tsquery('english'::regconfig, q) END)
+    WHERE news.article_matches(a.search_tsv, a.lang, a.title, a.body, q)
     GROUP BY a.article_id
     ORDER BY rank DESC, min(a.published_at) DESC NULLS LAST
     LIMIT max_rows
@@ -75,4 +90,6 @@ $$;
 -- news.search, the writer (the index stage) directly; 0007's grant to the writer covered
 -- only the functions that existed then.
 GRANT EXECUTE ON FUNCTION news.article_tsvector(text, text, text) TO newsmon_writer, newsmon_analyst;
+GRANT EXECUTE ON FUNCTION news.article_matches(tsvector, text, text, text, text) TO newsmon_writer, newsmon_analyst;
+GRANT EXECUTE ON FUNCTION news.article_rank(tsvector, text, text, text, text) TO newsmon_writer, newsmon_analyst;
 GRANT EXECUTE ON FUNCTION news.search(text, integer) TO newsmon_analyst, newsmon_writer;
