@@ -82,12 +82,17 @@ def article_title_key(a: Article) -> str | None:
     return title_key(a.source_domain, a.norm_title or normalize_text(a.title))
 
 
-def stored_matches(conn: Connection, articles: Sequence[Article]) -> dict[int, tuple[int, int, str]]:
+def stored_matches(
+    conn: Connection, articles: Sequence[Article], title_keys: Sequence[str | None] | None = None
+) -> dict[int, tuple[int, int, str]]:
     """Articles (by index) that share an exact key with a stored article: url_key,
     content_hash, or source + normalised title within TITLE_WINDOW_DAYS.
-    index -> (article_id, cluster_id, kind); url beats content_hash beats title."""
+    index -> (article_id, cluster_id, kind); url beats content_hash beats title.
+    ``title_keys``: the articles' ``article_title_key``s when the caller has them already."""
     if not articles:
         return {}
+    if title_keys is None:
+        title_keys = [article_title_key(a) for a in articles]
     rows = conn.execute(
         sa.text(
             "SELECT article_id, cluster_id, url_key, content_hash FROM news.article_registry "
@@ -98,7 +103,7 @@ def stored_matches(conn: Connection, articles: Sequence[Article]) -> dict[int, t
     by_url = {r.url_key: (r.article_id, r.cluster_id or r.article_id, "url") for r in rows}
     by_hash = {r.content_hash: (r.article_id, r.cluster_id or r.article_id, "content_hash") for r in rows}
     by_title: dict[int, tuple[int, int, str]] = {}
-    titled = [(i, k, a.published_at) for i, a in enumerate(articles) if (k := article_title_key(a)) and a.published_at]
+    titled = [(i, k, a.published_at) for i, (a, k) in enumerate(zip(articles, title_keys, strict=True)) if k and a.published_at]
     if titled:
         for r in conn.execute(
             sa.text(

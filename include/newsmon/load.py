@@ -188,7 +188,8 @@ def load_batch(
     # never create two clusters for one story. The lock is per transaction (released at commit).
     conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": CLUSTER_LOCK})
     sigs = [a.signature if isinstance(a.signature, Signature) else signature(a.norm_body or normalize_text(a.body)) for a in passed]
-    stored = stored_matches(conn, passed)
+    title_keys = [article_title_key(a) for a in passed]
+    stored = stored_matches(conn, passed, title_keys)
     open_idx = [i for i in range(len(passed)) if i not in stored]  # only these need the near-duplicate index
     near = {open_idx[j]: hit for j, hit in find_near_duplicates(conn, [sigs[i] for i in open_idx]).items()}
     sightings: list[tuple[Any, ...]] = []
@@ -256,7 +257,7 @@ def load_batch(
                     "u": [passed[i].url_key for i in fresh],
                     "h": [passed[i].content_hash for i in fresh],
                     "s": [passed[i].source_domain for i in fresh],
-                    "t": [article_title_key(passed[i]) for i in fresh],
+                    "t": [title_keys[i] for i in fresh],
                     "p": [passed[i].published_at for i in fresh],
                 },
             ).scalars()
@@ -295,21 +296,25 @@ def load_batch(
             continue  # primary was quarantined: the caller quarantines the copy too
         sighting(d.article, aid, cid, d.kind, None)
 
-    for r in rejected:
+    if rejected:  # one executemany for the batch's quarantined rows
         conn.execute(
             _INSERT_REJECTED,
-            {
-                "entry_id": r.article.entry_id,
-                "feed_id": r.article.feed_id,
-                "url": r.article.url,
-                "record": json.dumps(article_record(r.article), ensure_ascii=False),
-                "failed": list(r.failed),
-                "reason": r.reason,
-                "dq_run_id": dq_run_id,
-            },
+            [
+                {
+                    "entry_id": r.article.entry_id,
+                    "feed_id": r.article.feed_id,
+                    "url": r.article.url,
+                    "record": json.dumps(article_record(r.article), ensure_ascii=False),
+                    "failed": list(r.failed),
+                    "reason": r.reason,
+                    "dq_run_id": dq_run_id,
+                }
+                for r in rejected
+            ],
         )
+    for r in rejected:
         marks.append((r.article.entry_id, "quarantined", None, r.reason[:500]))
-        result.quarantined += 1
+    result.quarantined += len(rejected)
 
     if sightings:
         cols = list(zip(*sightings, strict=True))
