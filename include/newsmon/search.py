@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_WORKERS = min(2, os.cpu_count() or 1)
 
-# ids:   up to :limit pending rows, locked, lowest article ids first (the queue is the
+# ids:   up to :limit pending rows of this worker's shard (article_id % :shards), locked, lowest article ids first (the queue is the
 #        partial index articles_search_pending_idx); rows other workers hold are skipped
 # rows:  every still-pending row of those articles that nobody else holds (an article's
 #        rows stay together even when the LIMIT cut between them)
@@ -36,7 +36,7 @@ _INDEX_PENDING = sa.text(
     """
     WITH ids AS (
         SELECT article_id FROM news.articles
-        WHERE search_tsv IS NULL
+        WHERE search_tsv IS NULL AND article_id % :shards = :shard
         ORDER BY article_id
         LIMIT :limit
         FOR UPDATE SKIP LOCKED
@@ -61,12 +61,13 @@ _INDEX_PENDING = sa.text(
 )
 
 
-def index_pending(conn: Connection, *, limit: int = 2000) -> int:
-    """Index up to ``limit`` articles that have rows without ``search_tsv``; returns the
-    number of articles indexed. The caller owns the transaction (locks last until commit)."""
+def index_pending(conn: Connection, *, limit: int = 2000, shard: int = 0, shards: int = 1) -> int:
+    """Index up to ``limit`` articles that have rows without ``search_tsv`` (only those with
+    ``article_id % shards == shard``); returns the number of articles indexed. The caller
+    owns the transaction (locks last until commit)."""
     if limit <= 0:
         return 0
-    return int(conn.execute(_INDEX_PENDING, {"limit": limit}).scalar_one())
+    return int(conn.execute(_INDEX_PENDING, {"limit": limit, "shard": shard, "shards": shards}).scalar_one())
 
 
 def index_all(engine: Engine, *, chunk: int = 2000, workers: int = DEFAULT_WORKERS) -> int:
@@ -74,27 +75,27 @@ def index_all(engine: Engine, *, chunk: int = 2000, workers: int = DEFAULT_WORKE
 
     Short transactions keep row locks brief (a reprocess or reclassify of the same rows
     waits at most one chunk). Each worker stops when a round finds nothing it can take.
-    The work is stemming inside PostgreSQL, so ``workers`` connections (SKIP LOCKED splits
-    the rows) use that many server cores; the Python threads only wait. With several
-    workers the count is an upper bound: an article whose topic rows two workers split is
-    counted by both (its vector is computed twice, written once per row).
+    The work is stemming inside PostgreSQL, so ``workers`` connections use that many
+    server cores (the Python threads only wait). Worker k takes the articles whose id is k
+    modulo ``workers``, so no article is split between them and the count is exact; SKIP
+    LOCKED keeps other processes (another pass, a reprocess) from waiting on them.
     """
 
-    def drain() -> int:
+    def drain(shard: int) -> int:
         total = 0
         while True:
             with engine.begin() as conn:
-                n = index_pending(conn, limit=chunk)
+                n = index_pending(conn, limit=chunk, shard=shard, shards=max(workers, 1))
             total += n
             if n == 0:
                 return total
 
     if workers <= 1:
-        return drain()
+        return drain(0)
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="newsmon-index") as pool:
-        return sum(f.result() for f in [pool.submit(drain) for _ in range(workers)])
+        return sum(f.result() for f in [pool.submit(drain, k) for k in range(workers)])
 
 
 def index_after_load(engine: Engine) -> int:
