@@ -197,30 +197,36 @@ def kinds_of(engine) -> dict[str, str]:
         return dict(c.execute(sa.text("SELECT url, match_kind FROM news.article_sightings")).all())
 
 
-def test_band_hashes_are_a_prefix_of_the_first_scheme():
-    """Signatures stored by the 42 + 42 band scheme stay valid: today's band hashes are
-    among the ones it stored (same permutations, kinds and band numbers)."""
-    from datasketch import MinHash
-    from newsmon.dedup import (
-        BANDS_FULL,
-        BANDS_LEAD,
-        KIND_FULL,
-        KIND_LEAD,
-        LEAD_SHINGLES,
-        _band_hashes,
-        shingles,
-    )
+def test_signature_has_the_documented_number_of_band_keys():
+    from newsmon.dedup import BANDS_FULL, BANDS_LEAD
 
-    text = normalize_text(_story(3))
-    sh = [s.encode("utf-8") for s in shingles(text)]
-    old_full, old_lead = MinHash(num_perm=126), MinHash(num_perm=126)
-    old_full.update_batch(sh)
-    old_lead.update_batch(sh[:LEAD_SHINGLES])
-    old = _band_hashes(old_full.hashvalues.tolist(), KIND_FULL) + _band_hashes(old_lead.hashvalues.tolist(), KIND_LEAD)
-    new = signature(text).bands
-    assert len(old) == 84 and len(new) == BANDS_FULL + BANDS_LEAD
-    assert set(new) <= set(old)
-    assert new == tuple(old[:BANDS_FULL] + old[42 : 42 + BANDS_LEAD])
+    sig = signature(normalize_text(_story(3)))
+    assert len(sig.bands) == BANDS_FULL + BANDS_LEAD == 22
+    assert len(set(sig.bands)) == len(sig.bands)  # kind and band number are hashed in
+
+
+@pytest.mark.db
+def test_reindex_resigns_rows_of_an_older_scheme_so_their_copies_are_found_again(engine):
+    """A row stored by band scheme 1 has keys today's signatures can never share; after
+    `newsmon dedup reindex` the stored article is a near-duplicate candidate again."""
+    from newsmon.dedup import SCHEME, find_near_duplicates, reindex_signatures
+
+    original = make_article(_story(11), "http://a.example/orig")
+    with engine.begin() as c:
+        [(aid, _)] = load_batch(c, [original], [], []).loaded
+        # what scheme 1 left behind: other keys, scheme 1
+        c.execute(sa.text("UPDATE news.lsh_signatures SET bands = ARRAY[1, 2, 3]::bigint[], scheme = 1 WHERE article_id = :a"),
+                  {"a": aid})  # fmt: skip
+    copy = signature(normalize_text("\n".join(_story(11).split("\n")[:5])))
+    with engine.connect() as c:
+        assert find_near_duplicates(c, [copy]) == {}
+    assert reindex_signatures(engine, batch=1) == 1
+    assert reindex_signatures(engine) == 0  # idempotent
+    with engine.connect() as c:
+        scheme, bands = c.execute(sa.text("SELECT scheme, bands FROM news.lsh_signatures WHERE article_id = :a"), {"a": aid}).one()
+        hit = find_near_duplicates(c, [copy])
+    assert scheme == SCHEME and tuple(bands) == signature(original.norm_body).bands
+    assert hit[0][0] == aid
 
 
 def test_copy_cut_to_its_first_paragraphs_is_found_by_the_lead_signature():

@@ -40,6 +40,8 @@ app.add_typer(dq_app, name="dq")
 app.add_typer(alerts_app, name="alerts")
 search_app = typer.Typer(help="Full-text search (news.search).", no_args_is_help=True)
 app.add_typer(search_app, name="search")
+dedup_app = typer.Typer(help="Near-duplicate detection (news.lsh_signatures).", no_args_is_help=True)
+app.add_typer(dedup_app, name="dedup")
 
 out = Console()
 err = Console(stderr=True)
@@ -523,6 +525,26 @@ def search_index(
         _print_json({"indexed": n})
     else:
         out.print(f"{n} article(s) indexed")
+
+
+@dedup_app.command("reindex")
+def dedup_reindex(
+    batch: Annotated[int, typer.Option("--batch", min=1, help="articles per transaction")] = 1000,
+    as_json: JsonOpt = False,
+) -> None:
+    """Re-sign stored articles whose near-duplicate keys are of an older band scheme."""
+    from newsmon.db import upgrade, warehouse_errors
+    from newsmon.dedup import SCHEME, reindex_signatures
+
+    engine = _engine()
+    upgrade(engine)
+    with warehouse_errors("re-signing near-duplicate signatures"):
+        n = reindex_signatures(engine, batch=batch)
+    engine.dispose()
+    if as_json:
+        _print_json({"resigned": n, "scheme": SCHEME})
+    else:
+        out.print(f"{n} article(s) re-signed to band scheme {SCHEME}")
 
 
 # ---------------------------------------------------------------- feeds registry (issue 3)

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 
 from newsmon.models import Article
 from newsmon.normalize import normalize_text
@@ -143,46 +143,58 @@ def split_known(conn: Connection, articles: Sequence[Article]) -> tuple[list[Art
 # Jaccard similarity near 0.5 with the full story although all of it is contained in
 # it, so candidates are found with MinHash LSH and then *verified by containment*:
 #
-#   shingles    word 3-grams of the normalised body
-#   signature   MinHash over the shingles, 38 bands of 3 rows (of 126 permutations); a second
-#               signature over the first LEAD_SHINGLES shingles (the lead survives
-#               truncation), 4 bands of 3 rows
+#   keys        word 4-grams of the normalised body (KEY_WORDS)
+#   signature   MinHash over the keys, 16 bands of 2 rows (32 permutations); a second
+#               signature over the first LEAD_SHINGLES 4-grams (the lead survives
+#               truncation), 6 bands of 2 rows: 22 band hashes per article
 #   candidates  any article sharing at least one band hash (either signature); the band
 #               hashes live in news.lsh_signatures (GIN-indexed array), so lookup cost
 #               does not grow with the store
-#   verify      containment |A ∩ B| / min(|A|, |B|) >= CONTAINMENT_MIN on exact shingle
-#               sets, and both texts have at least MIN_SHINGLES shingles
+#   verify      containment |A ∩ B| / min(|A|, |B|) >= CONTAINMENT_MIN on exact word
+#               3-gram sets, and both texts have at least MIN_SHINGLES 3-grams
 #
-# Banding 38x3 gives a ~0.3 Jaccard threshold: P(candidate) is 0.99 at J=0.5 and 0.73 at
-# J=0.33. A copy cut to its first paragraphs keeps the lead, whose signature then matches
-# (near) exactly, so a few lead bands catch deep truncations. Separately written reports of
-# one event share names and numbers but few word 3-grams (containment typically < 0.2),
-# so they stay apart.
+# Banding 16x2 gives P(candidate) = 0.99 at J=0.5, 0.94 at J=0.4 and 0.77 at J=0.3. A copy
+# cut to its first paragraphs keeps the lead, whose signature then matches (near) exactly,
+# so the lead bands catch deep truncations. Separately written reports of one event share
+# names, numbers and a short quote but few word 4-grams (containment typically < 0.1), so
+# they rarely become candidates and verification keeps them apart.
 #
-# Every band hash is a key to insert and to probe in the GIN index, and those two dominate
-# load time: the first scheme (42 + 42 bands) was cut to 38 + 4, keeping precision and
-# recall at 1.00 on the labelled set (tests/dedup_eval) and finding 52 of 56 copies cut to
-# 20-30 % (56 with 84 bands). The kept bands are the first ones of the old scheme (same
-# permutations, kind and band numbers), so band hashes stored by it stay valid.
+# Every band hash is one key to insert and one to probe in the GIN index, and those two
+# dominated load time, so the scheme is chosen for few keys (BENCHMARKS.md has the
+# comparison). Two rows per band need far fewer bands than three for the same sensitivity
+# (J^2 vs J^3 per band); on 3-grams they also make unrelated articles that share a few
+# stock phrases candidates, on 4-grams much less so (candidates are verified anyway, so a
+# false candidate costs a body read, never a wrong merge). Averaged over 10 permutation
+# seeds on the labelled set (tests/dedup_eval), candidate recall is 0.99 (min 0.97) with
+# 22 keys, against 0.98 (min 0.93) for scheme 1 (word 3-grams, 38 + 4 bands of 3 rows,
+# 42 keys), and 55 of 56 copies cut to 20-30 % are found (scheme 1: 50).
+#
+# SCHEME numbers the band scheme; news.lsh_signatures.scheme records it per row, and
+# ``newsmon dedup reindex`` re-signs stored articles of an older scheme (their keys can
+# never match today's: the kind byte hashed into every band differs).
 
-SHINGLE_WORDS = 3
-NUM_PERM = 126
-BAND_ROWS = 3
-BANDS_FULL = 38
-BANDS_LEAD = 4
+SCHEME = 2
+SHINGLE_WORDS = 3  # verification shingles
+KEY_WORDS = 4  # MinHash (band key) shingles
+BAND_ROWS = 2
+BANDS_FULL = 16
+BANDS_LEAD = 6
 LEAD_SHINGLES = 40
 MIN_SHINGLES = 15
 CONTAINMENT_MIN = 0.6
-KIND_FULL, KIND_LEAD = 0, 1
+KIND_FULL, KIND_LEAD = 2, 3  # scheme 1 used 0 and 1
 _WORD = re.compile(r"\w+")
+
+
+def _grams(words: Sequence[str], n: int) -> list[str]:
+    if len(words) < n:
+        return [" ".join(words)] if words else []
+    return [" ".join(words[i : i + n]) for i in range(len(words) - n + 1)]
 
 
 def shingles(norm_text: str) -> list[str]:
     """Word 3-grams of an already normalised text, in order."""
-    words = _WORD.findall(norm_text)
-    if len(words) < SHINGLE_WORDS:
-        return [" ".join(words)] if words else []
-    return [" ".join(words[i : i + SHINGLE_WORDS]) for i in range(len(words) - SHINGLE_WORDS + 1)]
+    return _grams(_WORD.findall(norm_text), SHINGLE_WORDS)
 
 
 def _band_hashes(values: Sequence[int], kind: int) -> list[int]:
@@ -208,21 +220,17 @@ class Signature:
 def signature(norm_text: str) -> Signature:
     from datasketch import MinHash
 
-    sh = shingles(norm_text)
-    if len(set(sh)) < MIN_SHINGLES:
-        return Signature(frozenset(sh), ())
-    encoded = [s.encode("utf-8") for s in sh]
-    # NUM_PERM permutations for both, although fewer bands are used: datasketch draws its
-    # permutations all at once, so a smaller num_perm would give different ones
-    full = MinHash(num_perm=NUM_PERM)
-    full.update_batch(encoded)
-    lead = MinHash(num_perm=NUM_PERM)
-    lead.update_batch(encoded[:LEAD_SHINGLES])
-    bands = (
-        _band_hashes(full.hashvalues[: BANDS_FULL * BAND_ROWS].tolist(), KIND_FULL)
-        + _band_hashes(lead.hashvalues[: BANDS_LEAD * BAND_ROWS].tolist(), KIND_LEAD)
-    )
-    return Signature(frozenset(sh), tuple(bands))
+    words = _WORD.findall(norm_text)
+    sh = frozenset(_grams(words, SHINGLE_WORDS))
+    if len(sh) < MIN_SHINGLES:
+        return Signature(sh, ())
+    keys = [k.encode("utf-8") for k in _grams(words, KEY_WORDS)]
+    full = MinHash(num_perm=BANDS_FULL * BAND_ROWS)
+    full.update_batch(keys)
+    lead = MinHash(num_perm=BANDS_LEAD * BAND_ROWS)
+    lead.update_batch(keys[:LEAD_SHINGLES])
+    bands = _band_hashes(full.hashvalues.tolist(), KIND_FULL) + _band_hashes(lead.hashvalues.tolist(), KIND_LEAD)
+    return Signature(sh, tuple(bands))
 
 
 def containment(a: frozenset[str], b: frozenset[str]) -> float:
@@ -284,3 +292,40 @@ def find_near_duplicates(conn: Connection, sigs: Sequence[Signature]) -> dict[in
             if ok and (prev is None or sim > prev[2]):
                 best[i] = (aid, cluster, sim)
     return best
+
+
+def reindex_signatures(engine: Engine, *, batch: int = 1000) -> int:
+    """Re-sign stored canonical articles whose band hashes are of an older scheme, from
+    their stored bodies; returns how many. Until then their keys cannot match today's,
+    so run it after an upgrade that changes SCHEME (the maintenance DAG does). Idempotent,
+    in short transactions that skip rows another reindex holds."""
+    done = 0
+    while True:
+        with engine.begin() as conn:
+            rows = conn.execute(
+                sa.text(
+                    """
+                    SELECT s.article_id, a.body FROM news.lsh_signatures s
+                    JOIN LATERAL (SELECT body FROM news.articles WHERE article_id = s.article_id LIMIT 1) a ON true
+                    WHERE s.scheme < :scheme ORDER BY s.article_id LIMIT :n FOR UPDATE OF s SKIP LOCKED
+                    """
+                ),
+                {"scheme": SCHEME, "n": batch},
+            ).all()
+            if not rows:
+                return done
+            conn.execute(
+                sa.text(
+                    """
+                    UPDATE news.lsh_signatures s SET bands = CAST(v.bands AS bigint[]), scheme = :scheme
+                    FROM unnest(CAST(:ids AS bigint[]), CAST(:bands AS text[])) AS v(article_id, bands)
+                    WHERE s.article_id = v.article_id
+                    """
+                ),
+                {
+                    "scheme": SCHEME,
+                    "ids": [r.article_id for r in rows],
+                    "bands": ["{" + ",".join(map(str, signature(normalize_text(r.body or "")).bands)) + "}" for r in rows],
+                },
+            )
+            done += len(rows)

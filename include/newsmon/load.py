@@ -23,6 +23,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from newsmon.dedup import (
+    SCHEME,
     Duplicate,
     Signature,
     article_title_key,
@@ -280,7 +281,10 @@ def load_batch(
             result.loaded.append((new_id, a))
             for slug in a.topic_slugs:
                 result.per_topic[slug] = result.per_topic.get(slug, 0) + 1
-        copy_lines(conn, "news.lsh_signatures", ("article_id", "bands"), [f"{aid}\t{{{','.join(map(str, b))}}}\n" for aid, b in band_rows])
+        copy_lines(
+            conn, "news.lsh_signatures", ("article_id", "bands", "scheme"),
+            [f"{aid}\t{{{','.join(map(str, b))}}}\t{SCHEME}\n" for aid, b in band_rows],
+        )  # fmt: skip
         copy_lines(conn, "news.articles", _ARTICLE_COLUMNS, article_lines)
     for i, (j, sim) in pending_local.items():
         aid, cid = ids_by_index[j]

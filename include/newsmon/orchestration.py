@@ -380,7 +380,9 @@ def run_checks(url: str, *, window_hours: int | None = None) -> dict[str, Any]:
 
 def maintenance(url: str, *, raw_retention_days: int = 30) -> dict[str, Any]:
     """Daily upkeep: migrations, topic sync (new partitions), retention of raw pages,
-    ANALYZE of the warehouse tables, refresh of the analyst materialized views."""
+    re-signing near-duplicate signatures of an older band scheme, ANALYZE of the warehouse
+    tables, refresh of the analyst materialized views."""
+    from newsmon.dedup import reindex_signatures
     from newsmon.topics import load_taxonomy, sync_topics
 
     with _warehouse(url) as (engine, settings):
@@ -388,6 +390,7 @@ def maintenance(url: str, *, raw_retention_days: int = 30) -> dict[str, Any]:
         with engine.begin() as conn:
             created = sync_topics(conn, load_taxonomy(settings.pipeline.topics_file))
             deleted = _prune_raw_pages(conn, raw_retention_days)
+        resigned = reindex_signatures(engine)
         refreshed = []
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             for (view,) in conn.execute(
@@ -401,7 +404,10 @@ def maintenance(url: str, *, raw_retention_days: int = 30) -> dict[str, Any]:
             conn.exec_driver_sql("ANALYZE news.articles")  # the partitioned parent is not in pg_tables' stats
             for t in tables:
                 conn.exec_driver_sql(f"ANALYZE {t}")
-    return {"partitions_created": created, "raw_pages_deleted": deleted, "views_refreshed": refreshed, "tables_analyzed": len(tables) + 1}
+    return {
+        "partitions_created": created, "raw_pages_deleted": deleted, "signatures_resigned": resigned,
+        "views_refreshed": refreshed, "tables_analyzed": len(tables) + 1,
+    }  # fmt: skip
 
 
 def _prune_raw_pages(conn: sa.Connection, days: int) -> int:
