@@ -7,6 +7,10 @@ job: the registry insert is ``ON CONFLICT DO NOTHING`` and a lost race on a dedu
 becomes a sighting. Everything keyed by a freshly allocated article id (topic rows, band
 hashes) goes in with ``COPY``, which cannot conflict. Search vectors are not written here
 but by the index stage (``newsmon.search``) right after the commit.
+
+Loaders run in parallel (optimistic concurrency, see ``load_batch``): cluster decisions
+that a concurrent batch could contradict are validated against the commit journal
+(``news.load_journal``, migration 0015) under a short lock just before commit.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -24,11 +29,13 @@ from sqlalchemy.engine import Connection
 
 from newsmon.dedup import (
     SCHEME,
+    TITLE_WINDOW_DAYS,
     Duplicate,
     Signature,
     article_title_key,
     find_near_duplicates,
     is_copy,
+    shingles,
     signature,
     stored_matches,
 )
@@ -37,7 +44,10 @@ from newsmon.normalize import normalize_text
 
 log = logging.getLogger(__name__)
 
-CLUSTER_LOCK = 72_850_003  # advisory lock key serialising cluster decisions
+CLUSTER_LOCK = 72_850_003  # advisory lock key serialising validation + commit of loads
+JOURNAL_KEEP_S = 3600  # news.load_journal rows older than this are pruned
+MAX_ATTEMPTS = 5  # optimistic attempt, then attempts under the lock (deadlock victims retry)
+_RETRYABLE = {"40P01", "40001"}  # deadlock_detected, serialization_failure
 
 
 @dataclass
@@ -46,6 +56,17 @@ class LoadResult:
     duplicates: int = 0
     quarantined: int = 0
     per_topic: dict[str, int] = field(default_factory=dict)
+    attempts: int = 1  # 1 = the optimistic attempt committed; more = redone under the lock
+
+
+@dataclass(frozen=True)
+class _Fresh:
+    """A new canonical article of this batch: what a concurrent batch could contradict."""
+
+    article_id: int
+    signature: Signature
+    title_key: str | None
+    published_at: datetime | None
 
 
 _FIND_REGISTRY = sa.text(
@@ -181,13 +202,127 @@ def load_batch(
     """Write a batch with a fixed number of statements. The caller owns the transaction.
 
     Order of decisions for each passed article: an exact key already stored (url_key,
-    content_hash) -> sighting; a near duplicate of a stored article or of an earlier
-    article of this batch -> sighting; else a new canonical article.
+    content_hash, title window) -> sighting; a near duplicate of a stored article or of an
+    earlier article of this batch -> sighting; else a new canonical article.
+
+    Two workers loading overlapping batches at the same time must never create two
+    clusters for one story, yet loads should use every core. So the batch is first
+    written optimistically, without a lock, inside a savepoint; then, under the cluster
+    lock (held until the caller commits), it is checked against the batches committed
+    since it began (``news.load_journal``): if one of them created a copy of one of our
+    new articles, the savepoint is rolled back and the batch redone under the lock, where
+    it sees everything committed and nothing else can commit meanwhile. Exact keys need
+    no such check: their unique indexes make a concurrent insert wait and then conflict.
+    A deadlock victim (two batches waiting on each other's keys) retries the same way.
     """
-    result = LoadResult()
-    # One loader at a time decides clusters: two workers loading overlapping batches must
-    # never create two clusters for one story. The lock is per transaction (released at commit).
+    last_exc: Exception | None = None
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        optimistic = attempt == 1
+        if optimistic:
+            head = conn.execute(sa.text("SELECT coalesce(max(seq), 0) FROM news.load_journal")).scalar_one()
+            started = time.monotonic()
+        savepoint = conn.begin_nested()
+        try:
+            if not optimistic:
+                _lock(conn)
+            result, fresh = _write_batch(conn, passed, duplicates, rejected, dq_run_id)
+            if optimistic:
+                _lock(conn)
+                if time.monotonic() - started > JOURNAL_KEEP_S / 2 or _conflicts(conn, head, fresh):
+                    savepoint.rollback()
+                    log.info("load: a concurrent batch created a copy of an article of this one; redoing under the lock")
+                    continue
+            _journal(conn, fresh)
+            savepoint.commit()
+            result.attempts = attempt
+            return result
+        except sa.exc.DBAPIError as exc:
+            if getattr(exc.orig, "pgcode", None) not in _RETRYABLE or not savepoint.is_active:
+                raise
+            savepoint.rollback()  # releases our rows and, if taken in this attempt, the lock
+            last_exc = exc
+            log.warning("load: attempt %d lost a race (%s); retrying under the lock", attempt, exc.orig.pgcode)  # type: ignore[union-attr]
+    assert last_exc is not None
+    raise last_exc
+
+
+def _lock(conn: Connection) -> None:
     conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": CLUSTER_LOCK})
+
+
+def _conflicts(conn: Connection, head: int, fresh: Sequence[_Fresh]) -> bool:
+    """Whether a batch committed after ``head`` created a copy of one of ``fresh``:
+    a shared band hash verified by containment, or the same title key within the window.
+    Called under the cluster lock, so no batch can commit while it looks."""
+    if not fresh:
+        return False
+    others = conn.execute(
+        sa.text(
+            """
+            SELECT r.article_id, r.title_key, r.published_at, s.bands
+            FROM news.load_journal j
+            CROSS JOIN LATERAL unnest(j.article_ids) AS o(article_id)
+            JOIN news.article_registry r ON r.article_id = o.article_id
+            LEFT JOIN news.lsh_signatures s ON s.article_id = o.article_id
+            WHERE j.seq > :head
+            """
+        ),
+        {"head": head},
+    ).all()
+    if not others:
+        return False
+    band_owner = {band: i for i, f in enumerate(fresh) for band in f.signature.bands}
+    title_owner = {f.title_key: f.published_at for f in fresh if f.title_key and f.published_at}
+    window = TITLE_WINDOW_DAYS * 86400
+    pairs: set[tuple[int, int]] = set()  # (index in fresh, other article_id)
+    for o in others:
+        ts = title_owner.get(o.title_key) if o.title_key else None
+        if ts is not None and o.published_at is not None and abs((ts - o.published_at).total_seconds()) <= window:
+            return True
+        for band in o.bands or ():
+            i = band_owner.get(band)
+            if i is not None:
+                pairs.add((i, o.article_id))
+    if not pairs:
+        return False
+    bodies = dict(
+        conn.execute(
+            sa.text("SELECT DISTINCT ON (article_id) article_id, body FROM news.articles WHERE article_id = ANY(:ids) ORDER BY article_id"),
+            {"ids": sorted({aid for _, aid in pairs})},
+        ).all()
+    )
+    for i, aid in pairs:
+        other = Signature(frozenset(shingles(normalize_text(bodies.get(aid) or ""))), ())
+        if is_copy(fresh[i].signature, other)[0]:
+            return True
+    return False
+
+
+def _journal(conn: Connection, fresh: Sequence[_Fresh]) -> None:
+    """Record the batch's new articles for loaders validating after it (under the lock, so
+    seq order is commit order), and now and then drop entries no live load can need."""
+    if not fresh:
+        return
+    seq = conn.execute(
+        sa.text("INSERT INTO news.load_journal (article_ids) VALUES (:ids) RETURNING seq"), {"ids": [f.article_id for f in fresh]}
+    ).scalar_one()
+    if seq % 100 == 0:
+        conn.execute(
+            sa.text("DELETE FROM news.load_journal WHERE committed_at < clock_timestamp() - make_interval(secs => :s)"),
+            {"s": JOURNAL_KEEP_S},
+        )
+
+
+def _write_batch(
+    conn: Connection,
+    passed: Sequence[Article],
+    duplicates: Sequence[Duplicate],
+    rejected: Sequence[Rejected],
+    dq_run_id: int | None,
+) -> tuple[LoadResult, list[_Fresh]]:
+    """Decide and write the whole batch (see ``load_batch``); no locking here."""
+    result = LoadResult()
+    fresh_out: list[_Fresh] = []
     sigs = [a.signature if isinstance(a.signature, Signature) else signature(a.norm_body or normalize_text(a.body)) for a in passed]
     title_keys = [article_title_key(a) for a in passed]
     stored = stored_matches(conn, passed, title_keys)
@@ -273,6 +408,7 @@ def load_batch(
                 sighting(a, found.article_id, found.cluster_id or found.article_id, "url", None)
                 continue
             ids_by_index[i] = (new_id, new_id)
+            fresh_out.append(_Fresh(new_id, sigs[i], title_keys[i], a.published_at))
             if sigs[i].bands:
                 band_rows.append((new_id, list(sigs[i].bands)))
             article_lines += article_copy_lines(a, new_id)
@@ -348,4 +484,4 @@ def load_batch(
             ),
             dict(zip("esar", map(list, cols), strict=True)),
         )
-    return result
+    return result, fresh_out

@@ -328,8 +328,9 @@ def process_entries(engine: Engine, settings: Settings, taxonomy: Taxonomy, entr
             duplicates.append(Duplicate(d.article, d.kind, primary=passed_index[id(primary)]))
     with engine.begin() as conn:
         dq_id = record_dq_run(conn, outcome) if new else None
-        lr = load_batch(conn, outcome.passed, duplicates, rejected, dq_run_id=dq_id)
         record_fetches(conn, entries, pages, encodings=encodings, fetched_at=now)  # raw archive + attempts (issue 4)
+        # last: the loader ends holding the cluster lock until this transaction commits
+        lr = load_batch(conn, outcome.passed, duplicates, rejected, dq_run_id=dq_id)
     # index stage: search vectors of the rows just loaded (and of any a failed run left),
     # in their own transactions, off the load's critical path. Best effort: a failure is
     # logged and the rows wait for the next pass; news.search still finds them meanwhile.
