@@ -101,5 +101,23 @@ def test_partitions_store_bodies_uncompressed_out_of_line(engine):
             "SELECT c.relname, string_agg(DISTINCT a.attstorage::text, '') FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
             "JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname IN ('body', 'search_tsv') "
             "WHERE i.inhparent = 'news.articles'::regclass GROUP BY 1")).all())  # fmt: skip
+        options = dict(c.execute(sa.text(
+            "SELECT c.relname, c.reloptions FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+            "WHERE i.inhparent = 'news.articles'::regclass")).all())  # fmt: skip
     assert "articles_syria" in storage and "articles_unclassified" in storage
     assert set(storage.values()) == {"e"}, storage
+    # bodies stay in the row up to ~8 kB (0016), in partitions made by topics sync too
+    assert all(o == ["toast_tuple_target=8160"] for o in options.values()), options
+
+
+def test_a_typical_body_is_stored_in_the_row_not_in_toast(engine):
+    body = "\n".join(f"فقرة {i} عن تطورات الوضع الميداني في ريف إدلب الجنوبي وتفاصيل الاجتماع الأخير" for i in range(40))
+    assert 2500 < len(body.encode()) < 7000
+    with engine.begin() as c:
+        load_batch(c, [_article(1, body=body)], [], [])
+        toast = c.execute(sa.text(
+            "SELECT t.relname FROM pg_class p JOIN pg_class t ON t.oid = p.reltoastrelid "
+            "WHERE p.oid = 'news.articles_unclassified'::regclass")).scalar()  # fmt: skip
+        chunks = c.execute(sa.text(f"SELECT count(*) FROM pg_toast.{toast}")).scalar()
+        stored = c.execute(sa.text("SELECT pg_column_size(body) FROM news.articles")).scalar()
+    assert chunks == 0 and stored >= len(body.encode())  # inline and uncompressed

@@ -68,10 +68,10 @@ def collect(conn: Connection, *, now: datetime | None = None) -> dict[str, Any]:
                 """
                 SELECT s.cluster_id, count(*) AS copies, count(DISTINCT s.source_domain) AS sources,
                        max(s.seen_at) AS last_seen,
-                       (SELECT a.title FROM news.articles a WHERE a.cluster_id = s.cluster_id
-                        ORDER BY a.article_id LIMIT 1) AS title,
+                       (SELECT a.title FROM news.articles a WHERE a.article_id = s.cluster_id
+                        LIMIT 1) AS title,
                        (SELECT array_agg(DISTINCT a.topic ORDER BY a.topic) FROM news.articles a
-                        WHERE a.cluster_id = s.cluster_id) AS topics
+                        WHERE a.article_id = s.cluster_id) AS topics
                 FROM news.article_sightings s
                 WHERE s.seen_at > :since AND s.cluster_id IS NOT NULL
                 GROUP BY s.cluster_id

@@ -263,6 +263,10 @@ def sync_topics(conn: Connection, taxonomy: Taxonomy) -> list[str]:
         if conn.execute(sa.text("SELECT to_regclass(:n)"), {"n": f"news.{name}"}).scalar():
             continue
         conn.exec_driver_sql(f"CREATE TABLE news.{name} (LIKE news.articles INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING STORAGE INCLUDING COMPRESSION)")
+        # storage parameters are per partition (0016: toast_tuple_target): the DEFAULT one's
+        options = conn.execute(sa.text("SELECT reloptions FROM pg_class WHERE oid = 'news.articles_unclassified'::regclass")).scalar()
+        if options:
+            conn.exec_driver_sql(f"ALTER TABLE news.{name} SET ({', '.join(options)})")
         conn.exec_driver_sql(
             f"WITH moved AS (DELETE FROM news.articles_unclassified WHERE topic = %(slug)s RETURNING *) "
             f"INSERT INTO news.{name} SELECT * FROM moved",
