@@ -26,7 +26,7 @@ from benchmarks._db import temp_warehouse
 
 N = 20_000
 BATCH = 1_000
-ROUNDS = 3
+ROUNDS = 5
 LOADERS = 2
 
 

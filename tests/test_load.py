@@ -121,3 +121,21 @@ def test_a_typical_body_is_stored_in_the_row_not_in_toast(engine):
         chunks = c.execute(sa.text(f"SELECT count(*) FROM pg_toast.{toast}")).scalar()
         stored = c.execute(sa.text("SELECT pg_column_size(body) FROM news.articles")).scalar()
     assert chunks == 0 and stored >= len(body.encode())  # inline and uncompressed
+
+
+def test_article_copy_lines_match_the_generic_formatting_of_every_column():
+    """article_copy_lines spells the columns out for speed; it must give exactly the lines
+    the column list and the generic field formatter give, None and awkward values included."""
+    from newsmon.load import _ARTICLE_COLUMNS, _copy_field, _row, article_copy_lines
+
+    a = _article(7, body=_AWKWARD, title="Title\twith\\tab and\nnewline",
+                 topics=(("syria", 2.5, ("سوريا", 'q"uote')), ("idlib", None, ())))  # fmt: skip
+    a.tags, a.categories, a.authors = ["back\\slash", "{brace}", ""], [], ['وكالة "الأنباء"']
+    a.sitename, a.image, a.encoding, a.summary, a.feed_id, a.entry_id = None, "http://x.example/i.jpg", "windows-1256", None, 3, None
+    b = _article(8)
+    b.topics, b.published_at, b.fetched_at, b.lang = [], None, None, None
+    for art, aid in ((a, 41), (b, 42)):
+        topics = art.topics or [type("T", (), {"slug": "unclassified", "score": None, "terms": ()})()]
+        expected = ["\t".join(_copy_field(_row(art, aid, aid, t.slug, t.score, t.terms)[c]) for c in _ARTICLE_COLUMNS) + "\n"
+                    for t in topics]  # fmt: skip
+        assert article_copy_lines(art, aid) == expected
