@@ -1,6 +1,6 @@
 """Cost of one near-duplicate lookup as the store grows (10k vs 1M stored articles).
 
-The LSH band index of 1M articles (84M band hashes) is synthesised in SQL; lookups are
+The LSH band index of 1M articles (22M band hashes) is synthesised in SQL; lookups are
 real `find_near_duplicates` calls with real signatures."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 import statistics
 import time
 
-from newsmon.dedup import BANDS_FULL, BANDS_LEAD, find_near_duplicates
+from newsmon.dedup import BANDS_FULL, BANDS_LEAD, SCHEME, find_near_duplicates
 from newsmon.load import load_batch
 
 from benchmarks._articles import make_articles
@@ -30,8 +30,9 @@ def _grow_to(engine, n: int) -> None:
         )
         c.exec_driver_sql("DROP INDEX IF EXISTS news.lsh_signatures_bands_idx")
         c.exec_driver_sql(
-            f"""INSERT INTO news.lsh_signatures (article_id, bands)
-                SELECT g, ARRAY(SELECT (random() * 9.2e18)::bigint + 0 * g FROM generate_series(1, {BANDS_FULL + BANDS_LEAD}))
+            f"""INSERT INTO news.lsh_signatures (article_id, bands, scheme)
+                SELECT g, ARRAY(SELECT (random() * 9.2e18)::bigint + 0 * g FROM generate_series(1, {BANDS_FULL + BANDS_LEAD})),
+                       {SCHEME}
                 FROM generate_series({have + 1}, {n}) g"""
         )
         c.exec_driver_sql("CREATE INDEX lsh_signatures_bands_idx ON news.lsh_signatures USING gin (bands) WITH (fastupdate = off)")
