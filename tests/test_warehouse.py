@@ -163,3 +163,23 @@ def test_search_in_one_topic_reads_that_partition_only(warehouse):
     assert scoped and {r.article_id for r in scoped} == {r.article_id for r in everywhere if "idlib" in r.topics}
     assert [r.rank for r in scoped] == sorted((r.rank for r in scoped), reverse=True)
     assert "articles_idlib" in plan and "articles_syria" not in plan and "articles_unclassified" not in plan, plan
+
+
+def test_sample_server_is_quiet_when_a_client_resets_its_connection(sample_server, capfd):
+    """A client that resets a kept-alive connection (the demo's HTTP client does, at exit)
+    is not an error: no traceback in the middle of the demo's output."""
+    import socket
+    import struct
+    import time
+    from urllib.parse import urlsplit
+
+    u = urlsplit(sample_server.base_url)
+    for _ in range(3):
+        s = socket.create_connection((u.hostname, u.port))
+        s.sendall(b"GET /feeds/levant-wire.xml HTTP/1.1\r\nHost: x\r\n")  # an unfinished request
+        time.sleep(0.05)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close with RST
+        s.close()
+    time.sleep(0.3)
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "ConnectionResetError" not in err, err

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import re
 import socket
+import sys
 import threading
 from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -42,6 +43,17 @@ def _content_type(path: Path, body: bytes) -> str:
     if path.suffix == ".txt":
         return "text/plain; charset=utf-8"
     return "application/octet-stream"
+
+
+class _QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        # a client that drops a kept-alive connection is not an error of the server's: without
+        # this, socketserver prints a traceback in the middle of the demo's output
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)  # type: ignore[arg-type]
 
 
 class SampleServer:
@@ -93,8 +105,7 @@ class SampleServer:
 
         self._servers = []
         for host in ["127.0.0.1", *self.site_hosts.values()]:
-            httpd = ThreadingHTTPServer((host, self.port), Handler)
-            httpd.daemon_threads = True
+            httpd = _QuietServer((host, self.port), Handler)
             self.port = httpd.server_address[1]
             self._servers.append(httpd)
         self._threads = [
