@@ -236,3 +236,24 @@ def test_copy_cut_to_its_first_paragraphs_is_found_by_the_lead_signature():
 
     assert set(full.bands[BANDS_FULL:]) & set(cut.bands[BANDS_FULL:])  # the lead bands match
     assert is_copy(full, cut)[0]
+
+
+@pytest.mark.db
+def test_exact_key_lookup_probes_the_indexes_on_a_large_registry(engine):
+    """stored_matches' lookup stays index probes, not a scan of the registry, for a full
+    batch of keys once the registry is large (the OR-of-ANY form it replaced went to a
+    sequential scan at ~100k articles)."""
+    from newsmon.dedup import EXACT_KEYS_SQL
+
+    with engine.begin() as c:
+        c.execute(sa.text(
+            "INSERT INTO news.article_registry (article_id, url_key, content_hash, cluster_id) "
+            "SELECT g, 'u/' || g, md5(g::text) || md5((g + 1)::text), g FROM generate_series(1, 200000) g"))  # fmt: skip
+        c.exec_driver_sql("ANALYZE news.article_registry")
+    keys = {"u": [f"u/{i}" for i in range(1, 2000, 2)], "h": [f"{i:064x}" for i in range(1000)]}
+    with engine.connect() as c:
+        plan = "\n".join(c.execute(sa.text(f"EXPLAIN {EXACT_KEYS_SQL.text}"), keys).scalars())
+        found = c.execute(EXACT_KEYS_SQL, keys).all()
+    assert "Seq Scan on article_registry" not in plan, plan
+    assert "article_registry_url_key_key" in plan and "article_registry_content_hash_key" in plan, plan
+    assert sorted(r.url_key for r in found) == sorted(keys["u"])
