@@ -120,6 +120,22 @@ def test_process_report_sums_batches() -> None:
     assert total["per_topic"] == {"syria": 3, "idlib": 1}
 
 
+def test_maintenance_resigns_near_duplicate_keys_of_an_older_band_scheme(engine, db_url: str) -> None:
+    from newsmon.dedup import SCHEME
+    from newsmon.load import load_batch
+
+    from tests.test_dedup import _story, make_article
+
+    with engine.begin() as c:
+        [(aid, _)] = load_batch(c, [make_article(_story(5), "http://a.example/5")], [], []).loaded
+        c.execute(sa.text("UPDATE news.lsh_signatures SET bands = '{7}', scheme = 1 WHERE article_id = :a"), {"a": aid})
+    assert orch.maintenance(db_url)["signatures_resigned"] == 1
+    assert orch.maintenance(db_url)["signatures_resigned"] == 0
+    with engine.connect() as c:
+        scheme, n = c.execute(sa.text("SELECT scheme, cardinality(bands) FROM news.lsh_signatures WHERE article_id = :a"), {"a": aid}).one()
+    assert (scheme, n) == (SCHEME, 22)
+
+
 def test_maintenance_syncs_topics_analyzes_and_refreshes_views(engine, settings: Settings, db_url: str) -> None:
     ids = _feeds(engine, settings, "http://127.0.0.1:9", ["f"])
     with engine.begin() as c:
