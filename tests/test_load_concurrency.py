@@ -150,3 +150,23 @@ def _raise_once(engine: sa.Engine, condition: str) -> None:
         c.exec_driver_sql(
             "CREATE TRIGGER fail_once BEFORE INSERT ON news.article_sightings FOR EACH STATEMENT EXECUTE FUNCTION public.fail_once()"
         )
+
+
+def test_the_lock_is_held_to_commit_by_a_batch_with_new_articles_only(engine):
+    """A batch that creates articles holds the cluster lock until its transaction commits (its
+    journal row must be visible to the next validator); a batch of copies only needs none."""
+    arts = [make_article(_story(n), f"http://a.example/{n}") for n in range(95, 97)]
+
+    def held(c: sa.Connection) -> int:
+        return c.execute(
+            sa.text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = :k AND pid = pg_backend_pid()"),
+            {"k": CLUSTER_LOCK & 0xFFFFFFFF},
+        ).scalar_one()
+
+    with engine.begin() as c:
+        assert len(load_batch(c, arts, [], []).loaded) == 2
+        assert held(c) == 1
+    with engine.begin() as c:
+        res = load_batch(c, [make_article(_story(95), "http://b.example/95")], [], [])  # a copy
+        assert res.duplicates == 1 and not res.loaded
+        assert held(c) == 0

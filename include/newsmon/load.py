@@ -242,6 +242,9 @@ def load_batch(
             if not optimistic:
                 _lock(conn)
             result, fresh = _write_batch(conn, passed, duplicates, rejected, dq_run_id)
+            if optimistic and not fresh:  # only sightings and quarantine: no cluster to validate
+                savepoint.commit()
+                return result
             if optimistic:
                 _lock(conn)
                 if time.monotonic() - started > JOURNAL_KEEP_S / 2 or _conflicts(conn, head, fresh):
