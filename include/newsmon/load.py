@@ -229,7 +229,9 @@ def load_batch(
     new articles, the savepoint is rolled back and the batch redone under the lock, where
     it sees everything committed and nothing else can commit meanwhile. Exact keys need
     no such check: their unique indexes make a concurrent insert wait and then conflict.
-    A deadlock victim (two batches waiting on each other's keys) retries the same way.
+    A deadlock victim (two batches waiting on each other's keys) retries the same way. A
+    batch that creates no article needs no validation and takes no lock. The redo relies on
+    READ COMMITTED (the default): each statement sees what committed before it.
     """
     last_exc: Exception | None = None
     for attempt in range(1, MAX_ATTEMPTS + 1):
