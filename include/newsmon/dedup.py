@@ -12,6 +12,7 @@ import hashlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -48,7 +49,7 @@ def dedup_in_batch(articles: Sequence[Article]) -> tuple[list[Article], list[Dup
             continue
         if tkey and tkey in by_title:
             first = unique[by_title[tkey]]
-            if _within_window(first, a):
+            if within_title_window(first.published_at, a.published_at):
                 dups.append(Duplicate(a, "title", primary=by_title[tkey]))
                 continue
         idx = len(unique)
@@ -60,10 +61,11 @@ def dedup_in_batch(articles: Sequence[Article]) -> tuple[list[Article], list[Dup
     return unique, dups
 
 
-def _within_window(a: Article, b: Article) -> bool:
-    if a.published_at is None or b.published_at is None:
+def within_title_window(a: datetime | None, b: datetime | None) -> bool:
+    """Whether two publication times are close enough for a same-title duplicate."""
+    if a is None or b is None:
         return False
-    return abs((a.published_at - b.published_at).total_seconds()) <= TITLE_WINDOW_DAYS * 86400
+    return abs((a - b).total_seconds()) <= TITLE_WINDOW_DAYS * 86400
 
 
 TITLE_WINDOW_DAYS = 7
@@ -254,6 +256,23 @@ def is_copy(a: Signature, b: Signature) -> tuple[bool, float]:
     return ok, c
 
 
+def stored_shingles(conn: Connection, article_ids: set[int]) -> dict[int, tuple[int, Signature]]:
+    """article_id -> (cluster_id, Signature with the shingle set only) of stored articles:
+    what verifying a candidate needs (containment), not a MinHash of it."""
+    return {
+        r.article_id: (r.cluster_id or r.article_id, Signature(frozenset(shingles(normalize_text(r.body or ""))), ()))
+        for r in conn.execute(
+            sa.text(
+                """
+                SELECT DISTINCT ON (article_id) article_id, cluster_id, body FROM news.articles
+                WHERE article_id = ANY(:ids) ORDER BY article_id
+                """
+            ),
+            {"ids": sorted(article_ids)},
+        )
+    }
+
+
 def find_near_duplicates(conn: Connection, sigs: Sequence[Signature]) -> dict[int, tuple[int, int, float]]:
     """For each signature (by index), the best stored article it is a copy of:
     (article_id, cluster_id, containment). Two statements for the whole batch."""
@@ -277,19 +296,7 @@ def find_near_duplicates(conn: Connection, sigs: Sequence[Signature]) -> dict[in
         cand.setdefault(idx[r.idx - 1], set()).add(r.article_id)
     if not cand:
         return {}
-    bodies = {
-        # verification needs the shingle set only, not a MinHash of it
-        r.article_id: (r.cluster_id or r.article_id, Signature(frozenset(shingles(normalize_text(r.body))), ()))
-        for r in conn.execute(
-            sa.text(
-                """
-                SELECT DISTINCT ON (article_id) article_id, cluster_id, body FROM news.articles
-                WHERE article_id = ANY(:ids) ORDER BY article_id
-                """
-            ),
-            {"ids": sorted(set().union(*cand.values()))},
-        )
-    }
+    bodies = stored_shingles(conn, set().union(*cand.values()))
     best: dict[int, tuple[int, int, float]] = {}
     for i, ids in cand.items():
         for aid in sorted(ids):

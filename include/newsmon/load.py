@@ -29,15 +29,15 @@ from sqlalchemy.engine import Connection
 
 from newsmon.dedup import (
     SCHEME,
-    TITLE_WINDOW_DAYS,
     Duplicate,
     Signature,
     article_title_key,
     find_near_duplicates,
     is_copy,
-    shingles,
     signature,
     stored_matches,
+    stored_shingles,
+    within_title_window,
 )
 from newsmon.models import Article, Rejected, TopicMatch
 from newsmon.normalize import normalize_text
@@ -244,10 +244,10 @@ def load_batch(
             if not optimistic:
                 _lock(conn)
             result, fresh = _write_batch(conn, passed, duplicates, rejected, dq_run_id)
-            if optimistic and not fresh:  # only sightings and quarantine: no cluster to validate
-                savepoint.commit()
-                return result
             if optimistic:
+                if not fresh:  # only sightings and quarantine: no cluster to validate
+                    savepoint.commit()
+                    return result
                 _lock(conn)
                 if time.monotonic() - started > JOURNAL_KEEP_S / 2 or _conflicts(conn, head, fresh):
                     savepoint.rollback()
@@ -293,12 +293,10 @@ def _conflicts(conn: Connection, head: int, fresh: Sequence[_Fresh]) -> bool:
     if not others:
         return False
     band_owner = {band: i for i, f in enumerate(fresh) for band in f.signature.bands}
-    title_owner = {f.title_key: f.published_at for f in fresh if f.title_key and f.published_at}
-    window = TITLE_WINDOW_DAYS * 86400
+    title_owner = {f.title_key: f.published_at for f in fresh if f.title_key}
     pairs: set[tuple[int, int]] = set()  # (index in fresh, other article_id)
     for o in others:
-        ts = title_owner.get(o.title_key) if o.title_key else None
-        if ts is not None and o.published_at is not None and abs((ts - o.published_at).total_seconds()) <= window:
+        if o.title_key in title_owner and within_title_window(title_owner[o.title_key], o.published_at):
             return True
         for band in o.bands or ():
             i = band_owner.get(band)
@@ -306,17 +304,8 @@ def _conflicts(conn: Connection, head: int, fresh: Sequence[_Fresh]) -> bool:
                 pairs.add((i, o.article_id))
     if not pairs:
         return False
-    bodies = dict(
-        conn.execute(
-            sa.text("SELECT DISTINCT ON (article_id) article_id, body FROM news.articles WHERE article_id = ANY(:ids) ORDER BY article_id"),
-            {"ids": sorted({aid for _, aid in pairs})},
-        ).all()
-    )
-    for i, aid in pairs:
-        other = Signature(frozenset(shingles(normalize_text(bodies.get(aid) or ""))), ())
-        if is_copy(fresh[i].signature, other)[0]:
-            return True
-    return False
+    stored = stored_shingles(conn, {aid for _, aid in pairs})
+    return any(aid in stored and is_copy(fresh[i].signature, stored[aid][1])[0] for i, aid in pairs)
 
 
 def _journal(conn: Connection, fresh: Sequence[_Fresh]) -> None:
