@@ -29,10 +29,21 @@ def _waiting_for_lock(engine: sa.Engine) -> bool:
         )
 
 
-def _interleave(engine: sa.Engine, first: list[Article], second: list[Article]) -> tuple[LoadResult, LoadResult]:
+def _waiting_for_a_row(engine: sa.Engine) -> bool:
+    """Some backend waits for another transaction (e.g. on a unique key it inserted)."""
+    with engine.connect() as c:
+        return bool(
+            c.execute(sa.text("SELECT count(*) FROM pg_locks WHERE locktype = 'transactionid' AND NOT granted")).scalar()
+        )
+
+
+def _interleave(
+    engine: sa.Engine, first: list[Article], second: list[Article], waiting=_waiting_for_lock
+) -> tuple[LoadResult, LoadResult]:
     """``first`` loads and keeps its transaction (and the cluster lock) open; ``second``
     starts meanwhile, so it cannot see ``first``; ``first`` commits once ``second`` waits
-    for the lock, i.e. after ``second`` has made and written its decisions."""
+    (``waiting``: by default for the lock, i.e. after ``second`` has made and written its
+    decisions)."""
     out: dict[str, LoadResult] = {}
     errors: list[BaseException] = []
 
@@ -48,7 +59,7 @@ def _interleave(engine: sa.Engine, first: list[Article], second: list[Article]) 
         t = threading.Thread(target=run_second)
         t.start()
         deadline = time.monotonic() + 30
-        while not _waiting_for_lock(engine):
+        while not waiting(engine):
             assert time.monotonic() < deadline, "the second loader never reached the lock"
             assert t.is_alive(), errors
             time.sleep(0.02)
@@ -110,6 +121,34 @@ def test_same_title_from_the_same_source_loaded_concurrently_is_one_article(engi
     with engine.connect() as c:
         kinds = sorted(c.execute(sa.text("SELECT match_kind FROM news.article_sightings")).scalars())
     assert kinds == ["first", "title"]
+
+
+def test_the_same_body_loaded_concurrently_is_one_article_and_a_sighting(engine):
+    """The registry's unique keys decide a race on an exact key: the second loader's COPY
+    waits for the first's uncommitted row, fails with unique_violation once it commits, and
+    the batch is redone, now seeing the stored article."""
+    first, second = make_article(_story(72), "http://a.example/72"), make_article(_story(72), "http://b.example/72")
+    ra, rb = _interleave(engine, [first], [second], waiting=_waiting_for_a_row)
+    assert ra.attempts == 1 and len(ra.loaded) == 1
+    assert rb.attempts == 2 and rb.loaded == [] and rb.duplicates == 1
+    assert _counts(engine) == (1, 1, 2, 1)
+    with engine.connect() as c:
+        kinds = sorted(c.execute(sa.text("SELECT match_kind FROM news.article_sightings")).scalars())
+    assert kinds == ["content_hash", "first"]
+
+
+def test_exact_keys_repeated_inside_a_batch_become_sightings_of_the_first(engine):
+    """A caller that skipped dedup_in_batch: the repeated keys never reach the registry COPY
+    (which would fail the whole batch on every redo)."""
+    a = make_article(_story(74), "http://site.example/a")
+    same_url = make_article(_story(75), "http://site.example/a")
+    same_body = make_article(_story(74), "http://other.example/b")
+    with engine.begin() as c:
+        res = load_batch(c, [a, same_url, same_body], [], [])
+    assert res.attempts == 1 and [x.url for _, x in res.loaded] == [a.url] and res.duplicates == 2
+    with engine.connect() as c:
+        kinds = sorted(c.execute(sa.text("SELECT match_kind FROM news.article_sightings")).scalars())
+    assert kinds == ["content_hash", "first"]  # a URL already recorded for the article is one sighting
 
 
 def test_a_deadlock_victim_is_retried_under_the_lock(engine):

@@ -13,6 +13,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cached_property
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -227,6 +228,12 @@ class Signature:
     def indexable(self) -> bool:
         return len(self.shingles) >= MIN_SHINGLES
 
+    @cached_property
+    def band_array(self) -> str:
+        """The band hashes as a PostgreSQL array literal (``{1,2,...}``): the loader sends
+        them twice (the probe and the band index COPY), so they are formatted once."""
+        return "{" + ",".join(map(str, self.bands)) + "}"
+
 
 def signature(norm_text: str) -> Signature:
     from datasketch import MinHash
@@ -289,7 +296,7 @@ def find_near_duplicates(conn: Connection, sigs: Sequence[Signature]) -> dict[in
                           WHERE bands && CAST(d.bands AS bigint[])) s ON true
             """
         ),
-        {"q": ["{" + ",".join(map(str, sigs[i].bands)) + "}" for i in idx]},
+        {"q": [sigs[i].band_array for i in idx]},
     ).all()
     cand: dict[int, set[int]] = {}
     for r in rows:
@@ -341,7 +348,7 @@ def reindex_signatures(engine: Engine, *, batch: int = 1000) -> int:
                 {
                     "scheme": SCHEME,
                     "ids": [r.article_id for r in rows],
-                    "bands": ["{" + ",".join(map(str, signature(normalize_text(r.body or "")).bands)) + "}" for r in rows],
+                    "bands": [signature(normalize_text(r.body or "")).band_array for r in rows],
                 },
             )
             done += len(rows)

@@ -3,10 +3,11 @@
 Articles, their topic rows, sightings of copies, quarantined rows and the status of
 the feed entries they came from all commit together, so a retried batch either finds
 its work done (and inserts nothing) or does all of it. Uniqueness is the database's
-job: the registry insert is ``ON CONFLICT DO NOTHING`` and a lost race on a dedup key
-becomes a sighting. Everything keyed by a freshly allocated article id (topic rows, band
-hashes) goes in with ``COPY``, which cannot conflict. Search vectors are not written here
-but by the index stage (``newsmon.search``) right after the commit.
+job: the registry's unique keys reject a second copy, and a lost race on a dedup key
+(unique_violation) redoes the batch, which then finds the winner's row and records a
+sighting. Everything keyed by a freshly allocated article id (registry, topic rows, band
+hashes, first sightings) goes in with ``COPY``. Search vectors are not written here but by
+the index stage (``newsmon.search``) right after the commit.
 
 Loaders run in parallel (optimistic concurrency, see ``load_batch``): cluster decisions
 that a concurrent batch could contradict are validated against the commit journal
@@ -47,7 +48,10 @@ log = logging.getLogger(__name__)
 CLUSTER_LOCK = 72_850_003  # advisory lock key serialising validation + commit of loads
 JOURNAL_KEEP_S = 3600  # news.load_journal rows older than this are pruned
 MAX_ATTEMPTS = 5  # optimistic attempt, then attempts under the lock (deadlock victims retry)
-_RETRYABLE = {"40P01", "40001"}  # deadlock_detected, serialization_failure
+# deadlock_detected, serialization_failure, and unique_violation: the registry COPY lost a
+# race on a dedup key to a concurrent batch (keys already stored were looked up first, and
+# keys repeated inside the batch are resolved before the COPY), so the redo sees the winner
+_RETRYABLE = {"40P01", "40001", "23505"}
 
 
 @dataclass
@@ -69,10 +73,6 @@ class _Fresh:
     published_at: datetime | None
 
 
-_FIND_REGISTRY = sa.text(
-    "SELECT article_id, cluster_id FROM news.article_registry WHERE url_key = :url_key OR content_hash = :content_hash "
-    "ORDER BY article_id LIMIT 1"
-)
 _INSERT_REJECTED = sa.text(
     """
     INSERT INTO news.rejected_articles (entry_id, feed_id, url, record, failed_expectations, reason, dq_run_id)
@@ -175,6 +175,7 @@ _ARTICLE_COLUMNS = (
     "encoding",
 )  # fmt: skip
 _SIGHTING_COLUMNS = ("article_id", "cluster_id", "entry_id", "feed_id", "url", "source_domain", "match_kind", "similarity")
+_REGISTRY_COLUMNS = ("article_id", "cluster_id", "url_key", "content_hash", "source_domain", "title_key", "published_at")
 
 
 def _text_or_null(v: str | None) -> str:
@@ -228,7 +229,8 @@ def load_batch(
     since it began (``news.load_journal``): if one of them created a copy of one of our
     new articles, the savepoint is rolled back and the batch redone under the lock, where
     it sees everything committed and nothing else can commit meanwhile. Exact keys need
-    no such check: their unique indexes make a concurrent insert wait and then conflict.
+    no such check: their unique indexes make a concurrent insert wait, then fail with
+    unique_violation, and the batch is redone the same way (and finds the stored copy).
     A deadlock victim (two batches waiting on each other's keys) retries the same way. A
     batch that creates no article needs no validation and takes no lock. The redo relies on
     READ COMMITTED (the default): each statement sees what committed before it.
@@ -350,12 +352,20 @@ def _write_batch(
         marks.append((a.entry_id, "duplicate", aid, None))
         result.duplicates += 1
 
-    pending_local: dict[int, tuple[int, float]] = {}  # copies of new articles of this batch
+    pending_local: dict[int, tuple[int, str, float | None]] = {}  # copies of new articles of this batch
+    fresh_url: dict[str, int] = {}  # exact keys of new articles of this batch -> batch index
+    fresh_hash: dict[str, int] = {}
     for i, a in enumerate(passed):
         hit = stored.get(i)
         if hit is not None:
             ids_by_index[i] = (hit[0], hit[1])
             sighting(a, hit[0], hit[1], hit[2], None)
+            continue
+        # exact keys repeated inside the batch (callers that skipped dedup_in_batch): the
+        # registry COPY must not meet them, or every redo would fail the same way
+        j = fresh_url.get(a.url_key)
+        if j is not None or (j := fresh_hash.get(a.content_hash)) is not None:
+            pending_local[i] = (j, "url" if a.url_key in fresh_url else "content_hash", None)
             continue
         if i in near:
             aid, cid, sim = near[i]
@@ -370,74 +380,55 @@ def _write_batch(
             if ok and (best is None or sim > best[1]):
                 best = (j, sim)
         if best is not None:
-            pending_local[i] = best
+            pending_local[i] = (best[0], "near", round(best[1], 4))
             continue
         fresh.append(i)
+        fresh_url[a.url_key] = i
+        fresh_hash[a.content_hash] = i
         local[i] = sigs[i]
         for band in sigs[i].bands:
             local_bands.setdefault(band, []).append(i)
 
     if fresh:
         # Ids come from the sequence first, so the registry row is born with its cluster
-        # (cluster_id = article_id) and every other row can be written with COPY: an id
-        # allocated in this transaction cannot conflict with anything.
+        # (cluster_id = article_id) and every row keyed by it can be written with COPY. The
+        # registry's unique keys still guard against a concurrent batch: a lost race is a
+        # unique_violation, and load_batch redoes the batch (see _RETRYABLE).
         new_ids = [
             r[0]
             for r in conn.execute(
                 sa.text("SELECT nextval('news.article_registry_article_id_seq') FROM generate_series(1, :n)"), {"n": len(fresh)}
             )
         ]
-        inserted = set(
-            conn.execute(
-                sa.text(
-                    """
-                    INSERT INTO news.article_registry (article_id, cluster_id, url_key, content_hash, source_domain,
-                                                       title_key, published_at)
-                    SELECT i, i, u, h, s, t, p
-                    FROM unnest(CAST(:i AS bigint[]), CAST(:u AS text[]), CAST(:h AS text[]), CAST(:s AS text[]),
-                                CAST(:t AS text[]), CAST(:p AS timestamptz[])) AS x(i, u, h, s, t, p)
-                    ON CONFLICT DO NOTHING
-                    RETURNING article_id
-                    """
-                ),
-                {
-                    "i": new_ids,
-                    "u": [passed[i].url_key for i in fresh],
-                    "h": [passed[i].content_hash for i in fresh],
-                    "s": [passed[i].source_domain for i in fresh],
-                    "t": [title_keys[i] for i in fresh],
-                    "p": [passed[i].published_at for i in fresh],
-                },
-            ).scalars()
-        )
-        band_rows: list[tuple[int, list[int]]] = []
+        t, n = _text_or_null, _scalar_or_null
+        registry_lines: list[str] = []
+        band_lines: list[str] = []
         article_lines: list[str] = []
+        first_lines: list[str] = []
         for i, new_id in zip(fresh, new_ids, strict=True):
             a = passed[i]
-            if new_id not in inserted:  # duplicate keys inside the batch that dedup_in_batch did not see
-                found = conn.execute(_FIND_REGISTRY, {"url_key": a.url_key, "content_hash": a.content_hash}).one()
-                ids_by_index[i] = (found.article_id, found.cluster_id or found.article_id)
-                sighting(a, found.article_id, found.cluster_id or found.article_id, "url", None)
-                continue
+            aid = str(new_id)
             ids_by_index[i] = (new_id, new_id)
             fresh_out.append(_Fresh(new_id, sigs[i], title_keys[i], a.published_at))
+            registry_lines.append(
+                f"{aid}\t{aid}\t{t(a.url_key)}\t{t(a.content_hash)}\t{t(a.source_domain)}\t{t(title_keys[i])}\t{n(a.published_at)}\n"
+            )
             if sigs[i].bands:
-                band_rows.append((new_id, list(sigs[i].bands)))
+                band_lines.append(f"{aid}\t{sigs[i].band_array}\t{SCHEME}\n")
             article_lines += article_copy_lines(a, new_id)
-            sightings.append((new_id, new_id, a.entry_id, a.feed_id, a.url, a.source_domain, "first", 1.0))
+            first_lines.append(f"{aid}\t{aid}\t{n(a.entry_id)}\t{n(a.feed_id)}\t{t(a.url)}\t{t(a.source_domain)}\tfirst\t1.0\n")
             marks.append((a.entry_id, "loaded", new_id, None))
             result.loaded.append((new_id, a))
             for slug in a.topic_slugs:
                 result.per_topic[slug] = result.per_topic.get(slug, 0) + 1
-        copy_lines(
-            conn, "news.lsh_signatures", ("article_id", "bands", "scheme"),
-            [f"{aid}\t{{{','.join(map(str, b))}}}\t{SCHEME}\n" for aid, b in band_rows],
-        )  # fmt: skip
+        copy_lines(conn, "news.article_registry", _REGISTRY_COLUMNS, registry_lines)
+        copy_lines(conn, "news.lsh_signatures", ("article_id", "bands", "scheme"), band_lines)
         copy_lines(conn, "news.articles", _ARTICLE_COLUMNS, article_lines)
-    for i, (j, sim) in pending_local.items():
+        copy_lines(conn, "news.article_sightings", _SIGHTING_COLUMNS, first_lines)  # new ids: nothing to conflict with
+    for i, (j, kind, sim) in pending_local.items():
         aid, cid = ids_by_index[j]
         ids_by_index[i] = (aid, cid)
-        sighting(passed[i], aid, cid, "near", round(sim, 4))
+        sighting(passed[i], aid, cid, kind, sim)
 
     for d in duplicates:
         if d.article_id is not None:
