@@ -139,3 +139,27 @@ def test_article_copy_lines_match_the_generic_formatting_of_every_column():
         expected = ["\t".join(_copy_field(_row(art, aid, aid, t.slug, t.score, t.terms)[c]) for c in _ARTICLE_COLUMNS) + "\n"
                     for t in topics]  # fmt: skip
         assert article_copy_lines(art, aid) == expected
+
+
+def test_an_in_batch_copy_is_found_through_a_band_an_unrelated_article_had_first(engine):
+    """Band collisions inside a batch: B shares a band with A without being a copy of it, and
+    C, a copy of B, shares only that band. C must still be matched to B, not missed because
+    A was the band's first owner. Signatures are built by hand to force the collision."""
+    from newsmon.dedup import Signature
+
+    def grams(tag: str) -> frozenset[str]:
+        return frozenset(f"{tag}{i} {tag}{i + 1} {tag}{i + 2}" for i in range(30))
+
+    a, b, c = _article(40), _article(41), _article(42)
+    a.signature = Signature(grams("alpha"), (101, 102, 103))
+    b.signature = Signature(grams("beta"), (101, 202, 203))  # shares band 101 with A: not a copy
+    c.signature = Signature(grams("beta"), (101, 302, 303))  # B's text; its only shared band is 101
+    with engine.begin() as conn:
+        res = load_batch(conn, [a, b, c], [], [])
+    ids = {art.url: aid for aid, art in res.loaded}
+    assert set(ids) == {a.url, b.url} and res.duplicates == 1
+    with engine.connect() as conn:
+        copy = conn.execute(
+            sa.text("SELECT article_id, match_kind FROM news.article_sightings WHERE url = :u"), {"u": c.url}
+        ).one()
+    assert tuple(copy) == (ids[b.url], "near")

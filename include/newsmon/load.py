@@ -159,9 +159,13 @@ def copy_lines(conn: Connection, table: str, columns: Sequence[str], lines: Sequ
     import psycopg2
 
     statement = f"COPY {table} ({', '.join(columns)}) FROM STDIN"
-    cur = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    raw = conn.connection.driver_connection
+    # encoded once, in the connection's encoding: a StringIO would copy the text into a
+    # UCS-4 buffer and psycopg2 would encode each chunk it reads back
+    data = io.BytesIO("".join(lines).encode(psycopg2.extensions.encodings[raw.encoding]))  # type: ignore[union-attr]
+    cur = raw.cursor()  # type: ignore[union-attr]
     try:
-        cur.copy_expert(statement, io.StringIO("".join(lines)), size=1 << 20)
+        cur.copy_expert(statement, data, size=1 << 20)
     except psycopg2.Error as exc:
         raise sa.exc.DBAPIError.instance(statement, None, exc, psycopg2.Error) from exc
     finally:
@@ -345,7 +349,11 @@ def _write_batch(
     ids_by_index: dict[int, tuple[int, int]] = {}
     fresh: list[int] = []  # indexes of new canonical articles
     local: dict[int, Signature] = {}  # batch index -> signature of accepted new articles
-    local_bands: dict[int, list[int]] = {}
+    # band hash -> the first new article of this batch that has it; later new articles that
+    # share an owned band (rare: they were not copies) are listed in more_owners. Kept apart
+    # so that the common case, no shared band, is one C-level dict update per article.
+    band_owner: dict[int, int] = {}
+    more_owners: dict[int, list[int]] = {}
 
     def sighting(a: Article, aid: int, cid: int, kind: str, sim: float | None) -> None:
         sightings.append((aid, cid, a.entry_id, a.feed_id, a.url, a.source_domain, kind, sim))
@@ -374,7 +382,10 @@ def _write_batch(
             continue
         best: tuple[int, float] | None = None
         bands = sigs[i].bands
-        shared = () if local_bands.keys().isdisjoint(bands) else {j for band in bands for j in local_bands.get(band, ())}
+        disjoint = band_owner.keys().isdisjoint(bands)
+        shared = () if disjoint else {band_owner[b] for b in bands if b in band_owner}.union(
+            *(more_owners[b] for b in bands if b in more_owners)
+        )
         for j in shared:
             ok, sim = is_copy(sigs[i], local[j])
             if ok and (best is None or sim > best[1]):
@@ -386,8 +397,14 @@ def _write_batch(
         fresh_url[a.url_key] = i
         fresh_hash[a.content_hash] = i
         local[i] = sigs[i]
-        for band in sigs[i].bands:
-            local_bands.setdefault(band, []).append(i)
+        if disjoint:
+            band_owner.update(dict.fromkeys(bands, i))
+        else:
+            for band in bands:
+                if band in band_owner:
+                    more_owners.setdefault(band, []).append(i)
+                else:
+                    band_owner[band] = i
 
     if fresh:
         # Ids come from the sequence first, so the registry row is born with its cluster
