@@ -13,9 +13,10 @@ import logging
 import os
 import re
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,29 @@ def libpq_url(url: str) -> str:
     """The same URL in the form psql understands (no ``+driver``)."""
     u = make_url(normalize_url(url))
     return u.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def array_literal(values: Iterable[object]) -> str:
+    """A PostgreSQL array literal (``{1,2}``, ``{"a","b"}``) for ``CAST(:param AS type[])``.
+
+    psycopg2 sends a Python list as ``ARRAY['a', 'b', ...]``: one constant per element for
+    the server to parse and coerce, which for the loader's 1,000-key lookups cost more than
+    the lookups themselves (a 5 ms statement took 10-13 ms). One string is parsed by the
+    array type's input function instead. Every non-NULL element is quoted, so text such as
+    ``NULL``, ``""`` or ``a,b`` keeps its value; None is SQL NULL.
+    """
+    parts = []
+    for v in values:
+        if v is None:
+            parts.append("NULL")
+        elif isinstance(v, int) and not isinstance(v, bool):
+            parts.append(str(v))
+        else:
+            text = v.isoformat() if isinstance(v, (datetime, date)) else str(v)
+            if "\\" in text or '"' in text:
+                text = text.replace("\\", "\\\\").replace('"', '\\"')
+            parts.append(f'"{text}"')
+    return "{" + ",".join(parts) + "}"
 
 
 # ---------------------------------------------------------------- embedded server

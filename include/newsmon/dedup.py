@@ -18,6 +18,7 @@ from functools import cached_property
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from newsmon.db import array_literal
 from newsmon.models import Article
 from newsmon.normalize import normalize_text
 
@@ -111,7 +112,9 @@ def stored_matches(
         return {}
     if title_keys is None:
         title_keys = [article_title_key(a) for a in articles]
-    rows = conn.execute(EXACT_KEYS_SQL, {"u": [a.url_key for a in articles], "h": [a.content_hash for a in articles]}).all()
+    rows = conn.execute(
+        EXACT_KEYS_SQL, {"u": array_literal(a.url_key for a in articles), "h": array_literal(a.content_hash for a in articles)}
+    ).all()
     by_url = {r.url_key: (r.article_id, r.cluster_id or r.article_id, "url") for r in rows}
     by_hash = {r.content_hash: (r.article_id, r.cluster_id or r.article_id, "content_hash") for r in rows}
     by_title: dict[int, tuple[int, int, str]] = {}
@@ -128,7 +131,8 @@ def stored_matches(
                 ORDER BY q.i, r.article_id
                 """
             ),
-            {"idx": [i for i, _, _ in titled], "keys": [k for _, k, _ in titled], "ts": [t for _, _, t in titled],
+            {"idx": array_literal(i for i, _, _ in titled), "keys": array_literal(k for _, k, _ in titled),
+             "ts": array_literal(t for _, _, t in titled),
              "w": TITLE_WINDOW_DAYS},
         ):  # fmt: skip
             by_title[r.i] = (r.article_id, r.cluster_id or r.article_id, "title")
@@ -272,10 +276,10 @@ def stored_shingles(conn: Connection, article_ids: set[int]) -> dict[int, tuple[
             sa.text(
                 """
                 SELECT DISTINCT ON (article_id) article_id, cluster_id, body FROM news.articles
-                WHERE article_id = ANY(:ids) ORDER BY article_id
+                WHERE article_id = ANY(CAST(:ids AS bigint[])) ORDER BY article_id
                 """
             ),
-            {"ids": sorted(article_ids)},
+            {"ids": array_literal(sorted(article_ids))},
         )
     }
 
@@ -296,7 +300,7 @@ def find_near_duplicates(conn: Connection, sigs: Sequence[Signature]) -> dict[in
                           WHERE bands && CAST(d.bands AS bigint[])) s ON true
             """
         ),
-        {"q": [sigs[i].band_array for i in idx]},
+        {"q": array_literal(sigs[i].band_array for i in idx)},
     ).all()
     cand: dict[int, set[int]] = {}
     for r in rows:
@@ -347,8 +351,8 @@ def reindex_signatures(engine: Engine, *, batch: int = 1000) -> int:
                 ),
                 {
                     "scheme": SCHEME,
-                    "ids": [r.article_id for r in rows],
-                    "bands": [signature(normalize_text(r.body or "")).band_array for r in rows],
+                    "ids": array_literal(r.article_id for r in rows),
+                    "bands": array_literal(signature(normalize_text(r.body or "")).band_array for r in rows),
                 },
             )
             done += len(rows)

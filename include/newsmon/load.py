@@ -28,6 +28,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from newsmon.db import array_literal
 from newsmon.dedup import (
     SCHEME,
     Duplicate,
@@ -142,8 +143,7 @@ def _copy_field(v: Any) -> str:
     if isinstance(v, (list, tuple)):
         if all(isinstance(x, int) for x in v):
             return "{" + ",".join(map(str, v)) + "}"
-        # array literal of text elements, every element quoted
-        return _copy_text("{" + ",".join('"' + str(x).replace("\\", "\\\\").replace('"', '\\"') + '"' for x in v) + "}")
+        return _copy_text(array_literal(v))  # every text element quoted
     if isinstance(v, datetime):
         return v.isoformat()
     return str(v)
@@ -320,7 +320,8 @@ def _journal(conn: Connection, fresh: Sequence[_Fresh]) -> None:
     if not fresh:
         return
     seq = conn.execute(
-        sa.text("INSERT INTO news.load_journal (article_ids) VALUES (:ids) RETURNING seq"), {"ids": [f.article_id for f in fresh]}
+        sa.text("INSERT INTO news.load_journal (article_ids) VALUES (CAST(:ids AS bigint[])) RETURNING seq"),
+        {"ids": array_literal(f.article_id for f in fresh)},
     ).scalar_one()
     if seq % 100 == 0:
         conn.execute(
@@ -487,7 +488,7 @@ def _write_batch(
                 ON CONFLICT (article_id, url) DO NOTHING
                 """
             ),
-            dict(zip("acefuskm", map(list, cols), strict=True)),
+            dict(zip("acefuskm", map(array_literal, cols), strict=True)),
         )
     marks = [m for m in marks if m[0] is not None]
     if marks:
@@ -502,6 +503,6 @@ def _write_batch(
                 WHERE e.entry_id = v.entry_id
                 """
             ),
-            dict(zip("esar", map(list, cols), strict=True)),
+            dict(zip("esar", map(array_literal, cols), strict=True)),
         )
     return result, fresh_out
