@@ -2,8 +2,9 @@
 ### newsmon: maintenance
 
 Daily upkeep of the warehouse: pending migrations, topic sync (a partition for every
-new topic in `topics.yml`), retention of archived raw pages, `ANALYZE` of the `news`
-tables, and a refresh of the analyst materialized views.
+new topic in `topics.yml`), retention of archived raw pages, near-duplicate band upkeep
+(re-signing bands of an older scheme, pruning bands of articles deleted by hand),
+`ANALYZE` of the `news` tables, and a refresh of the analyst materialized views.
 
 **Manual run:** `raw_retention_days` sets how many days of raw pages to keep.
 """

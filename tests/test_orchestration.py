@@ -136,6 +136,29 @@ def test_maintenance_resigns_near_duplicate_keys_of_an_older_band_scheme(engine,
     assert (scheme, n) == (SCHEME, 22)
 
 
+def test_maintenance_prunes_band_rows_of_an_article_deleted_by_hand(engine, db_url: str) -> None:
+    """The band table has no foreign key (0018); bands left by a manual registry DELETE are
+    ignored by the lookup and removed by maintenance, and nothing else is touched."""
+    from newsmon.dedup import find_near_duplicates, signature
+    from newsmon.load import load_batch
+    from newsmon.normalize import normalize_text
+
+    from tests.test_dedup import _story, make_article
+
+    with engine.begin() as c:
+        loaded = load_batch(c, [make_article(_story(n), f"http://a.example/{n}") for n in (6, 7)], [], []).loaded
+    (gone, _), (kept, _) = loaded
+    with engine.begin() as c:
+        for table in ("news.article_sightings", "news.articles", "news.article_registry"):
+            c.execute(sa.text(f"DELETE FROM {table} WHERE article_id = :a"), {"a": gone})
+    with engine.connect() as c:  # the dangling row is inert: a copy of the deleted story finds nothing
+        assert find_near_duplicates(c, [signature(normalize_text(_story(6)))]) == {}
+    assert orch.maintenance(db_url)["orphan_bands_pruned"] == 1
+    assert orch.maintenance(db_url)["orphan_bands_pruned"] == 0
+    with engine.connect() as c:
+        assert c.execute(sa.text("SELECT array_agg(article_id) FROM news.lsh_signatures")).scalar() == [kept]
+
+
 def test_maintenance_syncs_topics_analyzes_and_refreshes_views(engine, settings: Settings, db_url: str) -> None:
     ids = _feeds(engine, settings, "http://127.0.0.1:9", ["f"])
     with engine.begin() as c:

@@ -356,3 +356,17 @@ def reindex_signatures(engine: Engine, *, batch: int = 1000) -> int:
                 },
             )
             done += len(rows)
+
+
+def prune_orphan_bands(conn: Connection) -> int:
+    """Delete band rows whose article left the registry; returns how many. The band table
+    has no foreign key (migration 0018: it is an index, and the key's per-row check was a
+    tenth of its load cost), so a registry row deleted by hand leaves its bands behind.
+    They are inert (candidates are verified against stored bodies); this keeps the index
+    clean. newsmon itself never deletes registry rows; the maintenance DAG runs it."""
+    return conn.execute(
+        sa.text(
+            "DELETE FROM news.lsh_signatures s "
+            "WHERE NOT EXISTS (SELECT 1 FROM news.article_registry r WHERE r.article_id = s.article_id)"
+        )
+    ).rowcount

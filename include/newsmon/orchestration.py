@@ -380,9 +380,10 @@ def run_checks(url: str, *, window_hours: int | None = None) -> dict[str, Any]:
 
 def maintenance(url: str, *, raw_retention_days: int = 30) -> dict[str, Any]:
     """Daily upkeep: migrations, topic sync (new partitions), retention of raw pages,
-    re-signing near-duplicate signatures of an older band scheme, ANALYZE of the warehouse
-    tables, refresh of the analyst materialized views."""
-    from newsmon.dedup import reindex_signatures
+    re-signing near-duplicate signatures of an older band scheme and pruning band rows of
+    articles deleted by hand, ANALYZE of the warehouse tables, refresh of the analyst
+    materialized views."""
+    from newsmon.dedup import prune_orphan_bands, reindex_signatures
     from newsmon.topics import load_taxonomy, sync_topics
 
     with _warehouse(url) as (engine, settings):
@@ -390,6 +391,7 @@ def maintenance(url: str, *, raw_retention_days: int = 30) -> dict[str, Any]:
         with engine.begin() as conn:
             created = sync_topics(conn, load_taxonomy(settings.pipeline.topics_file))
             deleted = _prune_raw_pages(conn, raw_retention_days)
+            pruned = prune_orphan_bands(conn)
         resigned = reindex_signatures(engine)
         refreshed = []
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
@@ -406,7 +408,7 @@ def maintenance(url: str, *, raw_retention_days: int = 30) -> dict[str, Any]:
                 conn.exec_driver_sql(f"ANALYZE {t}")
     return {
         "partitions_created": created, "raw_pages_deleted": deleted, "signatures_resigned": resigned,
-        "views_refreshed": refreshed, "tables_analyzed": len(tables) + 1,
+        "orphan_bands_pruned": pruned, "views_refreshed": refreshed, "tables_analyzed": len(tables) + 1,
     }  # fmt: skip
 
 

@@ -1,0 +1,12 @@
+-- news.lsh_signatures loses its foreign key to news.article_registry.
+--
+-- The band table is an index, not data: every row can be rebuilt from the article's stored
+-- body (`newsmon dedup reindex`), and its readers already ignore a row whose article is
+-- gone (the near-duplicate lookup verifies every candidate against the stored body and
+-- skips ids without one; the journal check joins from the registry). The foreign key cost
+-- a per-row trigger on every load: a key-share lock on the registry row just inserted by
+-- the same transaction, with its WAL record, about 10 % of the band COPY
+-- (benchmarks/bench_load.py; BENCHMARKS.md). Registry rows are never deleted by newsmon; a
+-- manual DELETE no longer cascades to the bands, and the rows it leaves are inert (the
+-- maintenance DAG's `dedup prune-bands` removes them).
+ALTER TABLE news.lsh_signatures DROP CONSTRAINT lsh_signatures_article_id_fkey;
