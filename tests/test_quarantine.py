@@ -180,3 +180,33 @@ def test_sample_corpus_gallery_replays_after_threshold_lowered(engine, settings,
     with engine.connect() as c:
         urls = {r[0] for r in c.execute(sa.text("SELECT url FROM news.articles"))}
     assert any(r["url"] in urls for r in rows if r["reject_id"] in res.loaded_ids)
+
+
+def test_validations_in_two_threads_at_once_each_judge_their_own_rows(settings):
+    """The GX context is shared per process and a dataframe asset holds the batch being
+    validated: without the lock, a thread validating good rows was seen quarantining the
+    other thread's short pages (the two-passes fault test, about one run in four)."""
+    import threading
+
+    good = [_article(None, None, f"good{i}", BODY + str(i)) for i in range(3)]
+    short = [_article(None, None, f"short{i}", SHORT + str(i)) for i in range(3)]
+    outcomes: dict[str, list[int]] = {"good": [], "short": []}
+    errors: list[BaseException] = []
+    start = threading.Barrier(2)
+
+    def run(kind: str, arts: list[Article]) -> None:
+        try:
+            start.wait()
+            for _ in range(15):
+                out = validate_articles(arts, settings=settings.quality, languages=["en"], topics=[])
+                outcomes[kind].append(len(out.rejected))
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=args) for args in (("good", good), ("short", short))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert not errors, errors
+    assert outcomes == {"good": [0] * 15, "short": [3] * 15}

@@ -6,7 +6,9 @@ names of the expectations it failed, and the rest of the batch loads. Every run 
 stored in ``news.dq_runs`` with GX's own result JSON.
 
 GX is imported lazily (it takes seconds) and its ephemeral context is built once per
-process.
+process. That context is shared, and a dataframe asset holds the dataframe of the batch
+being validated, so two threads validating at once (two passes in one process) could
+each check the other's rows: one lock per process serialises the validations.
 
 A second, small suite (``newsmon_batch``, ``validate_batch_stats``) checks per-feed
 statistics of each batch (volume band, feed-fallback share, quarantined share); its
@@ -20,6 +22,7 @@ import json
 import logging
 import math
 import re
+import threading
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -82,6 +85,9 @@ def _quiet_gx_loggers() -> None:
     for name, logger in list(logging.Logger.manager.loggerDict.items()):
         if name.startswith("great_expectations") and isinstance(logger, logging.Logger) and 0 < logger.level < logging.WARNING:
             logger.setLevel(logging.WARNING)
+
+
+_GX_LOCK = threading.RLock()
 
 
 @lru_cache(maxsize=1)
@@ -151,17 +157,19 @@ def validate_articles(
     batch_id = batch_id or uuid.uuid4().hex[:12]
     if not articles:
         return ValidationOutcome([], [], True, {"evaluated_expectations": 0, "rows": 0}, {}, batch_id)
-    ctx = _context()
+    with _GX_LOCK:  # built once per process; the lock keeps two first callers from both building it
+        ctx = _context()
     rules = _rules(settings, languages, topics, now)
     suite = gx.ExpectationSuite(name=f"{SUITE_NAME}_{batch_id}")
     for name, exp in rules:
         exp.meta = {"newsmon_rule": name}
         suite.add_expectation(exp)
     frame = build_frame(articles, topics)
-    batch = ctx.data_sources.get("newsmon_batches").get_asset("articles").get_batch_definition("whole_batch")
-    res = batch.get_batch(batch_parameters={"dataframe": frame}).validate(
-        suite, result_format={"result_format": "COMPLETE", "unexpected_index_column_names": ["row_id"]}
-    )
+    with _GX_LOCK:
+        batch = ctx.data_sources.get("newsmon_batches").get_asset("articles").get_batch_definition("whole_batch")
+        res = batch.get_batch(batch_parameters={"dataframe": frame}).validate(
+            suite, result_format={"result_format": "COMPLETE", "unexpected_index_column_names": ["row_id"]}
+        )
     failures: dict[int, list[str]] = {}
     for r in res.results:
         name = (r.expectation_config.meta or {}).get("newsmon_rule", r.expectation_config.type)
@@ -267,6 +275,8 @@ def validate_batch_stats(
 
     if not stats:
         return ValidationOutcome([], [], True, {"rows": 0, "evaluated_expectations": 0}, {}, batch_id)
+    with _GX_LOCK:
+        ctx = _context()  # before the suite: GX needs an active context to build one
     E = gx.expectations
     suite = gx.ExpectationSuite(name=f"{BATCH_SUITE_NAME}_{batch_id}")
     for name, exp in (
@@ -277,10 +287,11 @@ def validate_batch_stats(
         exp.meta = {"newsmon_rule": name}
         suite.add_expectation(exp)
     frame = pd.DataFrame([{**r, "row_id": i} for i, r in enumerate(stats)], columns=BATCH_COLUMNS)
-    batch = _context().data_sources.get("newsmon_batches").get_asset("batch_stats").get_batch_definition("whole_batch")
-    res = batch.get_batch(batch_parameters={"dataframe": frame}).validate(
-        suite, result_format={"result_format": "COMPLETE", "unexpected_index_column_names": ["row_id"]}
-    )
+    with _GX_LOCK:
+        batch = ctx.data_sources.get("newsmon_batches").get_asset("batch_stats").get_batch_definition("whole_batch")
+        res = batch.get_batch(batch_parameters={"dataframe": frame}).validate(
+            suite, result_format={"result_format": "COMPLETE", "unexpected_index_column_names": ["row_id"]}
+        )
     failed: dict[str, list[str]] = {}
     for r in res.results:
         if r.success:
