@@ -66,7 +66,7 @@ def _copy(engine, text: str, table: str, like: str) -> float:
 
 def _empty(engine) -> None:
     with engine.begin() as c:
-        c.exec_driver_sql("TRUNCATE news.articles, news.article_registry, news.load_journal CASCADE")
+        c.exec_driver_sql("TRUNCATE news.articles, news.article_registry, news.lsh_signatures, news.load_journal CASCADE")
         c.exec_driver_sql("CHECKPOINT")
 
 
