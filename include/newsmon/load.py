@@ -141,9 +141,7 @@ def _copy_field(v: Any) -> str:
     if isinstance(v, str):
         return _copy_text(v)
     if isinstance(v, (list, tuple)):
-        if all(isinstance(x, int) for x in v):
-            return "{" + ",".join(map(str, v)) + "}"
-        return _copy_text(array_literal(v))  # every text element quoted
+        return _copy_text(array_literal(v))
     if isinstance(v, datetime):
         return v.isoformat()
     return str(v)
@@ -372,9 +370,11 @@ def _write_batch(
             continue
         # exact keys repeated inside the batch (callers that skipped dedup_in_batch): the
         # registry COPY must not meet them, or every redo would fail the same way
-        j = fresh_url.get(a.url_key)
-        if j is not None or (j := fresh_hash.get(a.content_hash)) is not None:
-            pending_local[i] = (j, "url" if a.url_key in fresh_url else "content_hash", None)
+        if a.url_key in fresh_url:
+            pending_local[i] = (fresh_url[a.url_key], "url", None)
+            continue
+        if a.content_hash in fresh_hash:
+            pending_local[i] = (fresh_hash[a.content_hash], "content_hash", None)
             continue
         if i in near:
             aid, cid, sim = near[i]

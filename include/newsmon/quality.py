@@ -157,15 +157,13 @@ def validate_articles(
     batch_id = batch_id or uuid.uuid4().hex[:12]
     if not articles:
         return ValidationOutcome([], [], True, {"evaluated_expectations": 0, "rows": 0}, {}, batch_id)
-    with _GX_LOCK:  # built once per process; the lock keeps two first callers from both building it
-        ctx = _context()
-    rules = _rules(settings, languages, topics, now)
-    suite = gx.ExpectationSuite(name=f"{SUITE_NAME}_{batch_id}")
-    for name, exp in rules:
-        exp.meta = {"newsmon_rule": name}
-        suite.add_expectation(exp)
     frame = build_frame(articles, topics)
-    with _GX_LOCK:
+    with _GX_LOCK:  # also keeps two first callers from both building the context
+        ctx = _context()  # before the suite: GX needs an active context to build one
+        suite = gx.ExpectationSuite(name=f"{SUITE_NAME}_{batch_id}")
+        for name, exp in _rules(settings, languages, topics, now):
+            exp.meta = {"newsmon_rule": name}
+            suite.add_expectation(exp)
         batch = ctx.data_sources.get("newsmon_batches").get_asset("articles").get_batch_definition("whole_batch")
         res = batch.get_batch(batch_parameters={"dataframe": frame}).validate(
             suite, result_format={"result_format": "COMPLETE", "unexpected_index_column_names": ["row_id"]}
@@ -275,19 +273,18 @@ def validate_batch_stats(
 
     if not stats:
         return ValidationOutcome([], [], True, {"rows": 0, "evaluated_expectations": 0}, {}, batch_id)
+    frame = pd.DataFrame([{**r, "row_id": i} for i, r in enumerate(stats)], columns=BATCH_COLUMNS)
+    E = gx.expectations
     with _GX_LOCK:
         ctx = _context()  # before the suite: GX needs an active context to build one
-    E = gx.expectations
-    suite = gx.ExpectationSuite(name=f"{BATCH_SUITE_NAME}_{batch_id}")
-    for name, exp in (
-        ("feed_volume_in_band", E.ExpectColumnValuesToBeBetween(column="volume_ratio", min_value=1 / band_factor, max_value=band_factor)),
-        ("fallback_share", E.ExpectColumnValuesToBeBetween(column="fallback_share", min_value=0, max_value=fallback_max)),
-        ("quarantined_share", E.ExpectColumnValuesToBeBetween(column="quarantined_share", min_value=0, max_value=quarantined_max)),
-    ):
-        exp.meta = {"newsmon_rule": name}
-        suite.add_expectation(exp)
-    frame = pd.DataFrame([{**r, "row_id": i} for i, r in enumerate(stats)], columns=BATCH_COLUMNS)
-    with _GX_LOCK:
+        suite = gx.ExpectationSuite(name=f"{BATCH_SUITE_NAME}_{batch_id}")
+        for name, exp in (
+            ("feed_volume_in_band", E.ExpectColumnValuesToBeBetween(column="volume_ratio", min_value=1 / band_factor, max_value=band_factor)),
+            ("fallback_share", E.ExpectColumnValuesToBeBetween(column="fallback_share", min_value=0, max_value=fallback_max)),
+            ("quarantined_share", E.ExpectColumnValuesToBeBetween(column="quarantined_share", min_value=0, max_value=quarantined_max)),
+        ):
+            exp.meta = {"newsmon_rule": name}
+            suite.add_expectation(exp)
         batch = ctx.data_sources.get("newsmon_batches").get_asset("batch_stats").get_batch_definition("whole_batch")
         res = batch.get_batch(batch_parameters={"dataframe": frame}).validate(
             suite, result_format={"result_format": "COMPLETE", "unexpected_index_column_names": ["row_id"]}
